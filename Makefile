@@ -1,0 +1,29 @@
+# Two commands do all the set-up on a fresh clone:  `make run` (main job)  and  `make test` (test suite).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-fast lint bench clean
+
+$(VENV)/.installed: pyproject.toml scripts/install.sh
+	bash scripts/install.sh $(VENV)
+
+install: $(VENV)/.installed
+
+# Main job: draw the marginals p_t of an analytic mixture under every SDE (outputs/marginals.png).
+run: install
+	$(PY) -m scoresde.demo --out outputs/marginals.png
+
+# Whole suite, slow tests included. pytest's exit code 5 (no test collected) is not a failure.
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
+
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

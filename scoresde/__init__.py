@@ -1,0 +1,3 @@
+"""scoresde: continuous-time score-based generative modeling with SDEs (Song et al., ICLR 2021)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,351 @@
+"""Forward SDEs against exact solutions: marginals, moment ODEs, transitions, prior, reverse, discretization."""
+
+from __future__ import annotations
+
+import math
+
+import mpmath
+import numpy as np
+import pytest
+import scipy.integrate
+import scipy.stats
+import torch
+import torchsde
+
+from scoresde.sde import VESDE, VPSDE, CosineVPSDE, SubVPSDE
+
+mpmath.mp.dps = 40
+
+
+def exact_std(sde, t: float) -> float:
+    """sigma(t) from the closed forms, evaluated with 40 significant digits."""
+    t = mpmath.mpf(t)
+    if isinstance(sde, VESDE):
+        return float(sde.sigma_min * (mpmath.mpf(sde.sigma_max) / sde.sigma_min) ** t)
+    if isinstance(sde, CosineVPSDE):
+        a0 = mpmath.mpf(sde.s) / (1 + sde.s) * mpmath.pi / 2
+        if t <= sde.t_clip:
+            a = (t + sde.s) / (1 + sde.s) * mpmath.pi / 2
+            abar = mpmath.cos(a) ** 2 / mpmath.cos(a0) ** 2
+        else:
+            ac = (mpmath.mpf(sde.t_clip) + sde.s) / (1 + sde.s) * mpmath.pi / 2
+            abar = mpmath.cos(ac) ** 2 / mpmath.cos(a0) ** 2 * mpmath.exp(-sde.beta_max * (t - sde.t_clip))
+        return float(mpmath.sqrt(1 - abar))
+    m = -(t**2) * (mpmath.mpf(sde.beta_1) - sde.beta_0) / 4 - t * mpmath.mpf(sde.beta_0) / 2
+    one_minus = 1 - mpmath.exp(2 * m)
+    return float(one_minus if isinstance(sde, SubVPSDE) else mpmath.sqrt(one_minus))
+
+
+TIMES = np.concatenate([np.logspace(-5, 0, 41), [0.3, 0.97, 0.99]])
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-5), (torch.float64, 1e-9)])
+def test_marginal_std_precision(sde, dtype, rtol):
+    """sigma(t) relative error < 1e-5 in float32 and < 1e-9 in float64 over [1e-5, 1] (t = 1e-5 included)."""
+    t = torch.tensor(TIMES, dtype=dtype)
+    got = sde.marginal_std(t).double().numpy()
+    ref = np.array([exact_std(sde, float(tt)) for tt in t.double()])
+    rel = np.abs(got / ref - 1)
+    assert rel.max() < rtol, f"max rel error {rel.max():.2e} at t={TIMES[rel.argmax()]:.2e}"
+
+
+def test_reference_float32_std_is_off_but_ours_is_not():
+    """The reference's 1 - exp(2m) in float32 is 0.6% (VP) / 1.2% (sub-VP) off at t = 1e-5; ours is not."""
+    t = torch.tensor([1e-5])
+    for sde, naive_err in [(VPSDE(), 6e-3), (SubVPSDE(), 1.2e-2)]:
+        m = sde.marginal_log_mean_coeff(t)
+        naive = 1 - torch.exp(2 * m)
+        naive = naive if isinstance(sde, SubVPSDE) else naive.sqrt()
+        exact = exact_std(sde, 1e-5)
+        assert abs(float(naive) / exact - 1) > 0.5 * naive_err
+        assert abs(float(sde.marginal_std(t)) / exact - 1) < 1e-6
+
+
+def test_moment_odes(sde):
+    """d alpha/dt = f(t) alpha and d sigma^2/dt = 2 f(t) sigma^2 + g(t)^2 (central differences, float64).
+
+    This ties ``sde()`` to ``marginal_prob()``: the mean and variance of x_t | x_0 solve these ODEs exactly.
+    Truncation error of the central difference is O(h^2) = 1e-12, rounding O(eps / h) = 2e-10: rtol 1e-6.
+    """
+    h = 1e-6
+    ts = torch.tensor([0.01, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9, 0.95, 0.99], dtype=torch.float64)
+    x = torch.ones(len(ts), 1, dtype=torch.float64)
+
+    def moments(t):
+        mean, std = sde.marginal_prob(x, t)
+        return mean[:, 0], std**2
+
+    (m_p, v_p), (m_m, v_m) = moments(ts + h), moments(ts - h)
+    dm, dv = (m_p - m_m) / (2 * h), (v_p - v_m) / (2 * h)
+    mean, std = moments(ts)
+    drift, diffusion = sde.sde(x, ts)
+    f = drift[:, 0]  # f(t) * 1
+    torch.testing.assert_close(dm, f * mean, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(dv, 2 * f * std + diffusion**2, rtol=1e-6, atol=1e-9)
+
+
+def test_transition_variance_matches_integral(sde):
+    """Var(x_t | x_s) = int_s^t (alpha_t / alpha_u)^2 g(u)^2 du (quadrature), for the stable closed forms."""
+    pairs = [(0.0, 1e-4), (0.1, 0.1 + 1e-6), (0.2, 0.5), (0.5, 0.51), (0.0, 1.0), (0.9, 1.0)]
+    for s, t in pairs:
+        tt, ss = torch.tensor([t], dtype=torch.float64), torch.tensor([s], dtype=torch.float64)
+        log_a_t = float(sde.marginal_log_mean_coeff(tt))
+
+        def integrand(u, log_a_t=log_a_t):
+            uu = torch.tensor([u], dtype=torch.float64)
+            return math.exp(2 * (log_a_t - float(sde.marginal_log_mean_coeff(uu)))) * float(sde.diffusion_sq(uu))
+
+        ref, _ = scipy.integrate.quad(integrand, s, t, epsabs=0, epsrel=1e-12, limit=200)
+        got = float(sde.transition_var(tt, ss))
+        assert got == pytest.approx(ref, rel=1e-8), (s, t)
+
+
+def test_marginals_match_forward_simulation(sde):
+    """x_t | x_0 from torchsde's Euler–Maruyama (dt = 1e-3) matches marginal_prob's mean and std.
+
+    n = 20000 paths: mean tolerance 5 sd / sqrt(n), std tolerance 5 sqrt(1 / 2n) relative, plus the O(dt)
+    bias of Euler–Maruyama (<= 2e-3 relative here).
+    """
+    n, x0 = 20000, 1.5
+    gen = torch.Generator().manual_seed(0)
+    std0 = float(sde.marginal_std(torch.zeros(1, dtype=torch.float64)))
+    y0 = x0 + std0 * torch.randn(n, 1, generator=gen, dtype=torch.float64)  # p_{00}: sigma(0) = sigma_min for VE
+
+    class Forward(torch.nn.Module):
+        noise_type, sde_type = "diagonal", "ito"
+
+        def f(self, t, y):
+            return sde.sde(y, t.expand(y.shape[0]))[0]
+
+        def g(self, t, y):
+            return sde.sde(y, t.expand(y.shape[0]))[1][:, None].expand_as(y)
+
+    ts = torch.tensor([0.0, 0.3, 1.0], dtype=torch.float64)
+    bm = torchsde.BrownianInterval(0.0, 1.0, size=(n, 1), dtype=torch.float64, entropy=1)
+    ys = torchsde.sdeint(Forward(), y0, ts, method="euler", dt=1e-3, bm=bm)
+    for i in (1, 2):
+        t = ts[i : i + 1].expand(1)
+        mean, std = sde.marginal_prob(torch.full((1, 1), x0, dtype=torch.float64), t)
+        emp = ys[i, :, 0]
+        sd = float(std)
+        assert abs(float(emp.mean()) - float(mean)) < 5 * sd / math.sqrt(n) + 2e-3 * abs(float(mean))
+        assert float(emp.std()) / sd == pytest.approx(1.0, abs=5 * math.sqrt(0.5 / n) + 2e-3)
+
+
+@pytest.mark.parametrize("shape", [(7, 2), (3, 3, 4, 4), (5,)])
+def test_prior_logp_matches_scipy(sde, shape):
+    z = sde.prior_sampling(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ref = scipy.stats.norm(0, sde.prior_std).logpdf(z.numpy()).reshape(shape[0], -1).sum(1)
+    np.testing.assert_allclose(sde.prior_logp(z).numpy(), ref, rtol=1e-12)
+
+
+def test_prior_sampling_moments(sde):
+    """n = 100000 draws: std within 5 sqrt(1 / 2n) relative of prior_std."""
+    z = sde.prior_sampling((100000, 1), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    assert float(z.std()) / sde.prior_std == pytest.approx(1.0, abs=5 * math.sqrt(0.5 / 1e5))
+    assert abs(float(z.mean())) < 5 * sde.prior_std / math.sqrt(1e5)
+
+
+def test_prior_sampling_reproducible_and_per_sample_generators(sde):
+    a = sde.prior_sampling((4, 3), generator=torch.Generator().manual_seed(5))
+    b = sde.prior_sampling((4, 3), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+    gens = [torch.Generator().manual_seed(100 + k) for k in range(4)]
+    full = sde.prior_sampling((4, 3), generator=gens)
+    gens2 = [torch.Generator().manual_seed(100 + k) for k in range(2, 4)]
+    part = sde.prior_sampling((2, 3), generator=gens2)
+    assert torch.equal(full[2:], part)  # sample k does not depend on the batch
+    with pytest.raises(ValueError, match="generators"):
+        sde.prior_sampling((3, 3), generator=gens)
+
+
+def test_reverse_drifts(sde):
+    """Reverse SDE drift f - g^2 s with diffusion g; probability-flow ODE drift f - g^2 s / 2, no diffusion."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 2, 3, generator=gen, dtype=torch.float64)
+    t = torch.rand(6, generator=gen, dtype=torch.float64)
+    w = torch.randn(2, 3, generator=gen, dtype=torch.float64)
+
+    def score_fn(x, t):
+        return -x * w + t[:, None, None]
+
+    f, g = sde.sde(x, t)
+    s = score_fn(x, t)
+    rev = sde.reverse(score_fn)
+    drift, diff = rev.sde(x, t)
+    torch.testing.assert_close(drift, f - g[:, None, None] ** 2 * s)
+    torch.testing.assert_close(diff, g)
+    ode = sde.reverse(score_fn, probability_flow=True)
+    drift, diff = ode.sde(x, t)
+    torch.testing.assert_close(drift, f - 0.5 * g[:, None, None] ** 2 * s)
+    assert torch.all(diff == 0)
+    # The discretized reverse step uses the forward discretization's (f, G).
+    fd, G = sde.discretize(x, t, 0.01)
+    rf, rG = rev.discretize(x, t, 0.01)
+    torch.testing.assert_close(rf, fd - G[:, None, None] ** 2 * s)
+    torch.testing.assert_close(rG, G)
+    rf, rG = ode.discretize(x, t, 0.01)
+    torch.testing.assert_close(rf, fd - 0.5 * G[:, None, None] ** 2 * s)
+    assert torch.all(rG == 0)
+    assert rev.T == sde.T and rev.N == sde.N
+    torch.testing.assert_close(rev.marginal_prob(x, t)[1], sde.marginal_prob(x, t)[1])
+
+
+def test_discretize_tends_to_euler_maruyama(sde):
+    """(f, G^2) of one discrete step divided by dt tend to (drift, g^2) at rate O(dt)."""
+    t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    x = torch.tensor([[1.0], [-2.0], [0.5]], dtype=torch.float64)
+    drift, g = sde.sde(x, t)
+    errs = []
+    for dt in (1e-2, 5e-3, 2.5e-3, 1.25e-3):
+        f, G = sde.discretize(x, t, dt)
+        err_f = ((f / dt - drift).abs() / (drift.abs() + 1e-12)).max()
+        err_g = ((G**2 / dt - g**2).abs() / g**2).max()
+        errs.append(float(max(err_f, err_g)))
+    assert errs[-1] < 0.05
+    rates = [errs[i] / errs[i + 1] for i in range(len(errs) - 1)]
+    assert all(1.7 < r < 2.3 for r in rates), rates  # first order: halving dt halves the error
+
+
+def test_discretize_is_exact_transition(sde):
+    """x + f + G z ~ law of x_t | x_s (s = t - dt): mean alpha_{t|s} x, var sigma_t^2 - alpha_{t|s}^2 sigma_s^2."""
+    t = torch.tensor([0.3, 1.0, 0.05], dtype=torch.float64)
+    dt = torch.tensor([0.1, 0.5, 0.2], dtype=torch.float64)  # large and per-sample steps
+    x = torch.tensor([[1.0], [2.0], [-1.0]], dtype=torch.float64)
+    f, G = sde.discretize(x, t, dt)
+    s = (t - dt).clamp_min(0)
+    a_ts = sde.marginal_alpha(t) / sde.marginal_alpha(s)
+    torch.testing.assert_close((x + f)[:, 0], a_ts * x[:, 0])
+    var = sde.marginal_std(t) ** 2 - a_ts**2 * sde.marginal_std(s) ** 2
+    torch.testing.assert_close(G**2, var)
+
+
+@pytest.mark.parametrize("n_steps", [1, 2, 5, 10, 20])
+def test_discretize_few_steps_finite(sde, n_steps):
+    """Coarse uniform grids (the reference's DDPM discretization gives NaN for N <= 20) stay finite."""
+    sde.N = n_steps
+    t = torch.linspace(1.0, 1.0 / n_steps, n_steps)
+    x = torch.ones(n_steps, 3)
+    f, G = sde.discretize(x, t)
+    assert torch.isfinite(f).all() and torch.isfinite(G).all() and (G > 0).all()
+    rev_f, rev_G = sde.reverse(lambda x, t: -x).discretize(x, t)
+    assert torch.isfinite(rev_f).all() and torch.isfinite(rev_G).all()
+
+
+def test_discretize_agrees_with_reference_ddpm_and_smld():
+    """For N -> inf our steps match the reference's DDPM betas / SMLD sigmas at the same grid index."""
+    prev = None
+    for N in (100, 1000, 10000):
+        vp, ve = VPSDE(N=N), VESDE(N=N)
+        i = torch.tensor([N // 4, N // 2, N - 1])
+        t = i.double() / (N - 1)
+        x = torch.ones(3, 1, dtype=torch.float64)
+        # Reference DDPM: f = sqrt(1 - beta_i) x - x, G = sqrt(beta_i).
+        beta_ref = torch.linspace(vp.beta_0 / N, vp.beta_1 / N, N, dtype=torch.float64)[i]
+        f, G = vp.discretize(x, t)
+        err_vp = float(((G**2 - beta_ref) / beta_ref).abs().max())
+        torch.testing.assert_close(f[:, 0], torch.sqrt(1 - G**2) - 1)
+        # Reference SMLD: G = sqrt(sigma_i^2 - sigma_{i-1}^2).
+        sig = ve.sigma_min * (ve.sigma_max / ve.sigma_min) ** (torch.arange(N, dtype=torch.float64) / (N - 1))
+        g_ref = torch.sqrt(sig[i] ** 2 - sig[i - 1] ** 2)
+        _, G = ve.discretize(x, t)
+        err_ve = float(((G - g_ref) / g_ref).abs().max())
+        if prev is not None:
+            assert err_vp < prev[0] / 5 and err_ve < prev[1] / 5
+        prev = (err_vp, err_ve)
+    assert prev[0] < 2e-3 and prev[1] < 2e-3
+
+
+def test_lambda_inverse_roundtrip(sde):
+    t = torch.tensor(np.concatenate([np.logspace(-5, 0, 30), np.linspace(0.01, 1, 30)]), dtype=torch.float64)
+    lam = sde.marginal_lambda(t)
+    assert (lam[1:30] < lam[:29]).all()  # decreasing in t
+    torch.testing.assert_close(sde.inverse_lambda(lam), t, rtol=1e-9, atol=1e-12)
+    # lambda = log(alpha / sigma) from the members themselves
+    torch.testing.assert_close(lam, torch.log(sde.marginal_alpha(t) / sde.marginal_std(t)))
+    t32 = t.float()
+    torch.testing.assert_close(sde.inverse_lambda(sde.marginal_lambda(t32)), t32, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(4, 2), (4, 3, 8, 8), (4, 5, 2, 2, 2)])
+def test_shapes_dtypes_devices(sde, shape, dtype, device):
+    x = torch.randn(shape, dtype=dtype, device=device)
+    t = torch.rand(shape[0], dtype=dtype, device=device)
+    drift, diffusion = sde.sde(x, t)
+    mean, std = sde.marginal_prob(x, t)
+    f, G = sde.discretize(x, t)
+    z = sde.prior_sampling(shape, device=device, dtype=dtype)
+    logp = sde.prior_logp(z)
+    for out, want in [
+        (drift, shape),
+        (mean, shape),
+        (f, shape),
+        (z, shape),
+        (diffusion, shape[:1]),
+        (std, shape[:1]),
+        (G, shape[:1]),
+        (logp, shape[:1]),
+    ]:
+        assert out.shape == want and out.dtype == dtype and out.device.type == device.type
+    # a scalar time broadcasts over the batch
+    assert sde.marginal_prob(x, 0.5)[1].shape == shape[:1]
+
+
+def test_bad_time_shape_raises(sde):
+    with pytest.raises(ValueError, match="shape"):
+        sde.marginal_prob(torch.zeros(4, 2), torch.zeros(3))
+
+
+@pytest.mark.parametrize(
+    "ctor",
+    [
+        lambda: VPSDE(beta_min=2.0, beta_max=1.0),
+        lambda: VESDE(sigma_min=1.0, sigma_max=0.5),
+        lambda: VPSDE(N=0),
+        lambda: CosineVPSDE(s=-1.0),
+    ],
+)
+def test_bad_parameters_raise(ctor):
+    with pytest.raises(ValueError):
+        ctor()
+
+
+def test_cosine_schedule_matches_nichol_dhariwal():
+    """alpha^2 = cos^2((t+s)/(1+s) pi/2) / cos^2(s/(1+s) pi/2) below the clip; beta continuous and <= beta_max."""
+    sde = CosineVPSDE()
+    t = torch.linspace(0, sde.t_clip, 50, dtype=torch.float64)
+    f = lambda u: torch.cos((u + sde.s) / (1 + sde.s) * math.pi / 2) ** 2  # noqa: E731
+    torch.testing.assert_close(sde.marginal_alpha(t) ** 2, f(t) / f(torch.zeros(1, dtype=torch.float64)))
+    tt = torch.linspace(0, 1, 1001, dtype=torch.float64)
+    beta = sde.beta(tt)
+    assert beta.max() <= sde.beta_max and torch.isfinite(beta).all()
+    assert (beta[1:] >= beta[:-1]).all()
+    assert float(sde.marginal_alpha(torch.ones(1))) < 0.02
+
+
+@pytest.mark.parametrize("name,cls", [("vp", VPSDE), ("subvp", SubVPSDE), ("ve", VESDE), ("vp_cosine", CosineVPSDE)])
+def test_hydra_configs_instantiate(name, cls):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"sde={name}"])
+    sde = instantiate(cfg.sde)
+    assert type(sde) is cls and sde.N == 1000
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu(sde):
+    x = torch.randn(8, 3, 4, 4, dtype=torch.float64)
+    t = torch.rand(8, dtype=torch.float64)
+    for fn in (sde.sde, sde.marginal_prob, sde.discretize):
+        for a, b in zip(fn(x, t), fn(x.cuda(), t.cuda()), strict=True):
+            assert b.is_cuda
+            torch.testing.assert_close(a, b.cpu())
+    g = torch.Generator().manual_seed(0)
+    z = sde.prior_sampling((2, 3), generator=g, device="cuda")
+    assert z.is_cuda and torch.equal(z.cpu(), sde.prior_sampling((2, 3), torch.Generator().manual_seed(0)))
