@@ -1,0 +1,5 @@
+"""Score networks. Every network is called as ``net(x, label)`` and built with a ``data_shape`` keyword."""
+
+from scoresde.nets.mlp import MLP
+
+__all__ = ["MLP"]
