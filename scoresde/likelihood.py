@@ -33,6 +33,9 @@ DIVERGENCES = ("hutchinson_gaussian", "hutchinson_rademacher", "exact")
 
 # torchdiffeq's fixed-grid methods: with no step size they would take one step from eps to T.
 _FIXED_GRID = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams")
+# Its adaptive Runge-Kutta methods, which by default step past T and interpolate back (dense output). Forcing a
+# step end at T (``step_t``) measured 10-40x smaller errors with VP at the same NFE.
+_ADAPTIVE_RK = ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun")
 
 
 @dataclass
@@ -207,7 +210,8 @@ def log_likelihood(
         generator: ``torch.Generator`` or one per sample, for the probe.
         dtype: solver dtype (e.g. ``torch.float64``); the score function is still called in ``x.dtype``, so a
             float32 network can be integrated in float64 as the reference's SciPy path does. Default ``x.dtype``.
-        options: passed to ``torchdiffeq.odeint`` (e.g. ``step_size``, ``first_step``).
+        options: passed to ``torchdiffeq.odeint`` (e.g. ``step_size``, ``first_step``). Adaptive RK methods
+            get ``step_t=[T]`` (end exactly at ``T`` rather than interpolate) unless ``options`` sets it.
         exact_chunk: dimensions per batched vector-Jacobian product for ``exact`` (default: memory-bounded).
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2:
@@ -219,6 +223,8 @@ def log_likelihood(
     if method in _FIXED_GRID and not (options and ("step_size" in options or "grid_constructor" in options)):
         raise ValueError(f"fixed-grid method '{method}' needs options={{'step_size': h}}; it would take one step")
     solver_dtype = dtype or x.dtype
+    if method in _ADAPTIVE_RK:
+        options = {"step_t": torch.tensor([float(sde.T)], dtype=solver_dtype), **(options or {})}
     probe = draw_probe(divergence, x.shape, generator, device=x.device, dtype=x.dtype)
     field = ProbabilityFlowDivergence(sde, _unwrap(score_fn), x.shape, eps, divergence, x.dtype, probe, exact_chunk)
     y0 = x.detach().reshape(x.shape[0], -1).to(solver_dtype)
