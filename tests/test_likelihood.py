@@ -101,6 +101,32 @@ def test_exact_divergence_chunking_and_network_jacobian():
     torch.testing.assert_close(traces[2], traces[0])
 
 
+class _NumpyBackward(torch.autograd.Function):
+    """Identity whose backward leaves torch (no vmap rule), as some custom kernels do."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.from_numpy(grad.detach().numpy().copy())
+
+
+def test_exact_divergence_falls_back_without_vmap_rule():
+    sde = VPSDE()
+    mix = random_mixture(3, 2, seed=0)
+    x = mix.sample(4, _gen(0))
+    t = torch.tensor(0.3, dtype=F64)
+    field = ProbabilityFlowDivergence(sde, lambda v, s: mix.score(_NumpyBackward.apply(v), s, sde), x.shape, EPS,
+                                      "exact", F64)  # fmt: skip
+    with pytest.warns(UserWarning, match="one backward pass per dimension"):
+        div = field.evaluate(t, x)[1]
+    reference = ProbabilityFlowDivergence(sde, mix.score_fn(sde), x.shape, EPS, "exact", F64).evaluate(t, x)[1]
+    torch.testing.assert_close(div, reference)
+    assert field.exact_chunk == 1
+
+
 # --- Hutchinson–Skilling -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("divergence", ["hutchinson_gaussian", "hutchinson_rademacher"])
 @pytest.mark.parametrize("dim", [2, 16])
