@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torchdiffeq
 
-from scoresde.sampling.base import CountingScore
+from scoresde.sampling.base import CountingScore, progress_iter
 from scoresde.sampling.ode import ADAPTIVE, FIXED
 from scoresde.utils import Generator, flat_dim, rand, randn, sum_except_batch
 
@@ -311,6 +311,7 @@ def dataset_bits_per_dim(
     device: torch.device | str | None = None,
     max_batches: int | None = None,
     data_dtype: torch.dtype = torch.float32,
+    progress: bool | None = None,
     **likelihood_options,
 ) -> BitsPerDim:
     """Bits/dim of quantized data under the model, with ``repeats`` uniform dequantizations per sample.
@@ -318,12 +319,13 @@ def dataset_bits_per_dim(
     ``batches`` yields tensors (or tuples whose first entry is one) of integer levels or ``k / (2^bits - 1)``
     floats; each is dequantized, scaled to ``data_range``, cast to ``data_dtype`` (what the model sees) and
     passed to :func:`log_likelihood` with ``likelihood_options``. The standard error is over samples, each
-    averaged over its repeats.
+    averaged over its repeats. ``progress``: a tqdm bar over batches (``None``: when stderr is a terminal).
+    Under DDP each rank evaluates its own shard with no collective; gather ``per_sample`` afterwards.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     per_sample, nfe = [], 0
-    for i, batch in enumerate(batches):
+    for i, batch in enumerate(progress_iter(batches, progress, "bits/dim", max_batches)):
         if max_batches is not None and i >= max_batches:
             break
         data = batch[0] if isinstance(batch, (tuple, list)) else batch
