@@ -57,7 +57,7 @@ def scipy_rk45(sde, score_fn, x, rtol, atol, divergence="exact", generator=None)
 
     def fun(t, y):
         state = torch.from_numpy(y).to(x.device, x.dtype).reshape(b, d + 1)
-        dx, ddiv = field.evaluate(torch.tensor(t, dtype=x.dtype, device=x.device), state[:, :d])
+        dx, ddiv = field.evaluate(t, state[:, :d])
         return torch.cat([dx, ddiv[:, None]], dim=1).cpu().numpy().reshape(-1)
 
     y0 = torch.cat([x.reshape(b, d), torch.zeros(b, 1, dtype=x.dtype, device=x.device)], 1).cpu().numpy()

@@ -114,7 +114,9 @@ class ProbabilityFlowDivergence:
 
     def evaluate(self, t: torch.Tensor | float, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(f~, div f~)`` at time ``t`` (clamped to ``[eps, T]``) and flattened state ``y`` ``(B, D)``."""
-        t = torch.as_tensor(t).clamp(self.eps, self.T)
+        if not isinstance(t, torch.Tensor):
+            t = torch.tensor(float(t), dtype=torch.float64)  # a SciPy float: keep its precision
+        t = t.clamp(self.eps, self.T)
         with torch.enable_grad():
             x = y.detach().to(self.model_dtype).reshape(self.shape).requires_grad_(True)
             tt = t.to(device=x.device, dtype=self.model_dtype).expand(self.shape[0])
