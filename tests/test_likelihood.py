@@ -26,11 +26,11 @@ from scoresde.likelihood import (
 )
 from scoresde.nets import MLP
 from scoresde.score import ScoreModel
-from scoresde.sde import VESDE, VPSDE, SubVPSDE
+from scoresde.sde import VESDE, VPSDE, CosineVPSDE, SubVPSDE
 
 F64 = torch.float64
 EPS = 1e-5
-SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
+SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "vp_cosine": CosineVPSDE}
 
 
 @pytest.fixture(autouse=True)
