@@ -8,6 +8,7 @@ the ODE solver's error remains (float64, tight tolerances).
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -355,3 +356,56 @@ def test_runs_on_device_of_x(device):
     res = log_likelihood(sde, mix.score_fn(sde), x.to(device), generator=_gen(1), rtol=1e-7, atol=1e-7)
     assert res.logp.device.type == device.type and res.z.device.type == device.type
     torch.testing.assert_close(res.logp.cpu(), ref.logp, atol=1e-4, rtol=0)
+
+
+class _WithBuffer(torch.nn.Module):
+    """A score model holding a buffer (as the reference NCSN++ holds ``sigmas``): DDP broadcasts buffers on every
+    forward, a collective that deadlocks when ranks make different numbers of calls."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.register_buffer("scale", torch.ones(()))
+
+    def forward(self, x, t):
+        return self.model(x, t) * self.scale
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)  # the same weights on every rank
+        sde = VPSDE()
+        model = _WithBuffer(ScoreModel(MLP((2,), hidden=16, depth=1, embed_dim=8), sde))
+        model = torch.nn.parallel.DistributedDataParallel(model)
+        x = torch.randn(3 + 5 * rank, 2, generator=_gen(rank))  # different data and batch: different NFE per rank
+        res = log_likelihood(sde, model, x, rtol=1e-4 * (1 + 9 * rank), atol=1e-4, generator=_gen(10 + rank))
+        torch.save({"nfe": res.nfe, "logp": res.logp}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_ranks_with_different_nfe_do_not_hang(tmp_path):
+    """Two gloo ranks, a DDP-wrapped model with a buffer, different batches and tolerances: both finish.
+
+    Measured: without unwrapping, the rank with more score calls dies in the buffer broadcast of DDP's forward
+    ("Connection closed by peer") once the other has finished; in a longer job it waits forever.
+    """
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(
+        _ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + 90
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("log_likelihood under DDP did not finish in 90 s (hang)")
+    out = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert out[0]["nfe"] != out[1]["nfe"]
+    assert all(torch.isfinite(o["logp"]).all() for o in out)
