@@ -201,9 +201,10 @@ def _target(net: NCSNpp, key: str, value: torch.Tensor) -> tuple[str, torch.Tens
     module = net.get_submodule(path)
     if len(rest) == 2:
         names = getattr(module, "OFFICIAL_NAMES", {})
-        if rest[0] not in names:
+        sub = getattr(module, names.get(rest[0], ""), None)
+        if not isinstance(sub, nn.Module):
             return None
-        path, module = f"{path}.{names[rest[0]]}", module.get_submodule(names[rest[0]])
+        path, module = f"{path}.{names[rest[0]]}", sub
     elif len(rest) != 1:
         return None
     name = rest[-1]
