@@ -143,6 +143,15 @@ def test_dropped_and_extra_keys_are_reported():
     net.load_state_dict(convert_state_dict(net, plain), strict=True)
 
 
+def test_config_with_other_noise_levels_is_rejected(tmp_path):
+    """The checkpoint's ``sigmas`` buffer pins sigma_min / sigma_max / num_scales of the config it was trained with."""
+    path = fixture_dir(NAMES[0])
+    cfg = resolve_config(path / "config.json")
+    cfg["model"]["sigma_max"] = 348.0
+    with pytest.raises(CheckpointMismatchError, match="sigma_max=348"):
+        load_official_checkpoint(path / "checkpoint.pth", cfg)
+
+
 def test_ema_list_of_wrong_length_is_an_error():
     path = fixture_dir(NAMES[0])
     ckpt = torch.load(path / "checkpoint.pth", weights_only=True)

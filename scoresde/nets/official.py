@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -259,6 +260,22 @@ def convert_state_dict(
     return {k: v.to(ours[k].dtype).contiguous() for k, v in converted.items()}
 
 
+def check_noise_levels(state: dict[str, torch.Tensor], config: dict, where: str = "checkpoint") -> None:
+    """The reference stores its geometric noise levels ``exp(linspace(log sigma_max, log sigma_min, num_scales))`` as
+    the ``sigmas`` buffer; it must agree with the config, or the config does not belong to the checkpoint."""
+    sigmas = state.get("module.sigmas", state.get("sigmas"))
+    if sigmas is None:
+        return
+    model = config["model"]
+    n, lo, hi = int(model.get("num_scales", 1000)), float(model["sigma_min"]), float(model["sigma_max"])
+    expected = torch.exp(torch.linspace(math.log(hi), math.log(lo), n, dtype=torch.float64))
+    if sigmas.shape != expected.shape or not torch.allclose(sigmas.double(), expected, rtol=1e-6, atol=0):
+        found = f"{sigmas.numel()} levels from {sigmas.max().item():.6g} to {sigmas.min().item():.6g}"
+        raise CheckpointMismatchError(
+            [], [], [f"sigmas: checkpoint has {found}, config sigma_max={hi}, sigma_min={lo}, num_scales={n}"], where
+        )
+
+
 @dataclass
 class OfficialModel:
     """A reference checkpoint loaded into our code: the score function is ``score_model(x, t)``.
@@ -308,6 +325,7 @@ def load_official_checkpoint(
         if not isinstance(ema, dict) or "shadow_params" not in ema:
             raise ValueError(f"{path} has no EMA shadow parameters; pass use_ema=False to load the model weights")
         shadow = list(ema["shadow_params"])
+    check_noise_levels(ckpt["model"], cfg, where=str(path))
     score_model, sde = build_from_config(cfg)
     net = score_model.net
     net.load_state_dict(convert_state_dict(net, ckpt["model"], shadow, where=str(path)), strict=True)
