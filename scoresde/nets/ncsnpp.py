@@ -254,9 +254,7 @@ class NCSNpp(nn.Module):
             raise ValueError(f"NCSNpp built for samples of shape {self.data_shape}, got a batch {tuple(x.shape)}")
         if label.shape != x.shape[:1]:
             raise ValueError(f"label must have shape ({x.shape[0]},), got {tuple(label.shape)}")
-        temb = self.embed(label)
-        if temb is not None:
-            temb = temb.to(x.dtype) if not torch.is_autocast_enabled(x.device.type) else temb
+        temb = self.embed(label)  # float32 (or the weights' dtype); autocast casts it where it enters a layer
         if not self.centered:
             x = 2 * x - 1.0
 
