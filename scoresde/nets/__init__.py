@@ -2,5 +2,6 @@
 
 from scoresde.nets.mlp import MLP
 from scoresde.nets.ncsnpp import NCSNpp
+from scoresde.nets.official import OFFICIAL_CONFIGS, CheckpointMismatchError, OfficialModel, load_official_checkpoint
 
-__all__ = ["MLP", "NCSNpp"]
+__all__ = ["MLP", "NCSNpp", "OFFICIAL_CONFIGS", "CheckpointMismatchError", "OfficialModel", "load_official_checkpoint"]
