@@ -80,6 +80,11 @@ def test_fir_resampling_identities():
     torch.testing.assert_close(fir.upsample_2d(x, box), fir.naive_upsample_2d(x))
     torch.testing.assert_close(fir.downsample_2d(x, box), fir.naive_downsample_2d(x))
     k = fir.fir_kernel([1, 3, 3, 1]).double()
+    # The transposed-convolution fast path of upsample_2d is upfirdn2d with the reference padding.
+    for kern in (k, torch.rand(4, 4, generator=gen, dtype=torch.float64), fir.fir_kernel([1, 2, 1]).double()):
+        p = kern.shape[0] - 2
+        ref = fir.upfirdn2d(x, kern * 4, up=2, pad=((p + 1) // 2 + 1, p // 2))
+        torch.testing.assert_close(fir.upsample_2d(x, kern), ref)
     # Constant images stay constant away from the zero-padded border (the filter has unit DC gain).
     ones = torch.ones(1, 1, 8, 8, dtype=torch.float64)
     torch.testing.assert_close(fir.upsample_2d(ones, k)[..., 2:-2, 2:-2], torch.ones(1, 1, 12, 12, dtype=torch.float64))

@@ -40,8 +40,19 @@ def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1,
 
 
 def upsample_2d(x: torch.Tensor, kernel: torch.Tensor, factor: int = 2) -> torch.Tensor:
-    """FIR upsampling by ``factor``; ``kernel`` normalised to sum 1 (the gain ``factor**2`` is applied here)."""
-    p = kernel.shape[0] - factor
+    """FIR upsampling by ``factor``; ``kernel`` normalised to sum 1 (the gain ``factor**2`` is applied here).
+
+    Equals ``upfirdn2d(x, kernel * factor**2, up=factor, pad=((p + 1) // 2 + factor - 1, p // 2))`` with
+    ``p = K - factor``, computed as a strided transposed convolution, which skips the inserted zeros: its full
+    output ``y[n] = sum_i x[i] k[n - factor i]`` is the convolution of the zero-stuffed signal, and the
+    padding only selects the window ``y[K - 1 - pad0 :][: factor H]``.
+    """
+    c, ksize = x.shape[1], kernel.shape[0]
+    p = ksize - factor
+    crop0, crop1 = ksize - 1 - ((p + 1) // 2 + factor - 1), ksize - 1 - p // 2 - (factor - 1)
+    weight = (kernel * factor**2).to(dtype=x.dtype, device=x.device)[None, None].expand(c, 1, *kernel.shape)
+    if crop0 == crop1 and crop0 >= 0:
+        return F.conv_transpose2d(x, weight, stride=factor, padding=crop0, groups=c)
     return upfirdn2d(x, kernel * factor**2, up=factor, pad=((p + 1) // 2 + factor - 1, p // 2))
 
 
