@@ -197,3 +197,8 @@ def test_loaded_model_drives_a_reverse_diffusion(name):
     torch.testing.assert_close(sample(0), x, rtol=0, atol=0)
     img = model.to_unit_interval(x)
     assert img.min() >= 0 and img.max() <= 1
+
+
+def test_missing_fixtures_fail_loudly_naming_their_place():
+    with pytest.raises(pytest.fail.Exception, match="shared/fixtures/official_score_sde"):
+        fixture_dir("no_such_fixture")
