@@ -45,22 +45,28 @@ def timed(fn, device: torch.device, min_time: float, min_iters: int = 3) -> floa
     return (time.perf_counter() - start) / n
 
 
-def bench(name: str, batch: int, device: torch.device, amp: bool, min_time: float) -> Row:
+def bench(
+    name: str, batch: int, device: torch.device, amp: bool, min_time: float, channels_last: bool, compile: bool
+) -> Row:
     cfg = OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml")
     shape = (1 if name.startswith("digits") else 3, cfg.image_size, cfg.image_size)
     torch.manual_seed(0)
     net = hydra.utils.instantiate(cfg.net, data_shape=shape).to(device)
+    params = sum(p.numel() for p in net.parameters())
     x = torch.rand(batch, *shape, device=device)
+    if channels_last:
+        net, x = net.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+    model = torch.compile(net) if compile else net
     label = torch.full((batch,), 0.5 if cfg.time_input == "sigma" else 500.0, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
 
     def forward():
         with torch.no_grad(), autocast:
-            net(x, label)
+            model(x, label)
 
     def forward_backward():
         with autocast:
-            loss = net(x, label).float().square().mean()
+            loss = model(x, label).float().square().mean()
         loss.backward()
         net.zero_grad(set_to_none=True)
 
@@ -68,7 +74,6 @@ def bench(name: str, batch: int, device: torch.device, amp: bool, min_time: floa
     fwd = timed(forward, device, min_time)
     net.train()
     fwd_bwd = timed(forward_backward, device, min_time)
-    params = sum(p.numel() for p in net.parameters())
     return Row(name, shape, params, batch, batch / fwd, batch / fwd_bwd)
 
 
@@ -98,6 +103,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="batch size (default 32 CPU, 128 CUDA)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads")
     parser.add_argument("--min-time", type=float, default=2.0, help="seconds per measurement")
     args = parser.parse_args()
@@ -106,16 +113,18 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     presets = args.presets or (SMALL + CIFAR if device.type == "cuda" else SMALL)
     batch = args.batch or (128 if device.type == "cuda" else 32)
-    rows = [bench(p, batch, device, args.amp, args.min_time) for p in presets]
+    rows = [bench(p, batch, device, args.amp, args.min_time, args.channels_last, args.compile) for p in presets]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     title = f"{where}, batch {batch}" + (", bf16 autocast" if args.amp else ", float32")
+    title += ", channels_last" * args.channels_last + ", compiled" * args.compile
     print(f"# {title}")
     print("| preset | sample shape | parameters | forward img/s | forward+backward img/s |")
     print("|---|---|---:|---:|---:|")
     for r in rows:
         shape = "x".join(map(str, r.shape))
         print(f"| {r.preset} | {shape} | {r.params:,} | {r.fwd_ips:,.1f} | {r.fwd_bwd_ips:,.1f} |")
-    out = ROOT / "benchmarks" / "results" / f"bench_nets_{device.type}{'_amp' if args.amp else ''}.png"
+    tag = "_amp" * args.amp + "_cl" * args.channels_last + "_compiled" * args.compile
+    out = ROOT / "benchmarks" / "results" / f"bench_nets_{device.type}{tag}.png"
     plot(rows, out, title)
     print(f"plot: {out.relative_to(ROOT)}")
 
