@@ -277,3 +277,19 @@ def test_torch_compile_matches_eager():
     compiled = torch.compile(net)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x, label), net(x, label), rtol=1e-4, atol=1e-5)
+
+
+def test_presets_compose_with_hydra_and_carry_the_data_scaling():
+    """``model=<preset>`` composes; ``net.centered`` follows the preset's ``centered`` (also when overridden)."""
+    from hydra import compose, initialize_config_dir
+
+    root = OmegaConf.load(CONF.parent / "config.yaml")
+    has_model = any(isinstance(d, dict) and "model" in d for d in root.get("defaults", []))
+    prefix = "" if has_model else "+"
+    with initialize_config_dir(config_dir=str(CONF.parent), version_base=None):
+        for preset, centered in (("ncsnpp", False), ("ddpmpp", True)):
+            for override in ([], [f"model.centered={not centered}"]):
+                cfg = compose("config", overrides=[f"{prefix}model={preset}", *override])
+                with torch.device("meta"):
+                    net = hydra.utils.instantiate(cfg.model.net, data_shape=(1, 8, 8))
+                assert net.centered == cfg.model.centered == (centered if not override else not centered)
