@@ -10,6 +10,7 @@ else
     export PYTHONPATH=.
 fi
 export PYTHONUNBUFFERED=1
+[ -d .shared ] && [ ! -e ../shared ] && cp -r .shared ../shared
 nvidia-smi -L; python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
 case "${1:-tests}" in
 tests)
