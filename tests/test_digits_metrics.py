@@ -184,6 +184,8 @@ def test_frechet_train_vs_test_at_null_level_and_far_below_corruptions(cache, sp
     train_f, test_f = feats
     d_real = dm.frechet_digits_distance(split.train_images)  # reference: the test split
     assert d_real == pytest.approx(dm.frechet_distance(train_f, test_f), rel=1e-9)
+    assert dm.frechet_digits_distance(split.test_images, reference="train") == pytest.approx(d_real, rel=1e-6)
+    assert dm.frechet_digits_distance(split.train_images, split.test_images) == pytest.approx(d_real, rel=1e-9)
     # Null level: two disjoint random parts of the training split (1079 vs 359 images), 5 replicates.
     null = []
     for seed in range(5):
@@ -268,5 +270,7 @@ def test_bad_inputs_raise(cache, images, match):
 def test_frechet_needs_two_samples(cache, split):
     with pytest.raises(ValueError, match="at least 2 samples"):
         dm.frechet_digits_distance(split.test_images[:1])
+    with pytest.raises(ValueError, match="reference must be images, 'test' or 'train'"):
+        dm.frechet_digits_distance(split.test_images, reference="validation")
     with pytest.raises(ValueError, match="feature dimensions differ"):
         dm.frechet_distance(torch.randn(5, 3), torch.randn(5, 4))
