@@ -55,7 +55,8 @@ __all__ = [
 NUM_CLASSES = 10
 RANGE_TOLERANCE = 0.1  # values in [-0.1, 1.1] are accepted (and clamped to [0, 1]); anything else is an error
 
-# Everything that determines the trained weights. Changing any entry changes the cache file name.
+# Everything that determines the trained weights. Changing any entry changes the cache file name; bump "version"
+# when changing DigitsCNN or _train_classifier.
 _RECIPE = {
     "version": 1,
     "net": "conv32-conv32-maxpool-conv64-maxpool-fc64-dropout0.3-fc10",
