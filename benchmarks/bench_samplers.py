@@ -98,23 +98,30 @@ def quality_stochastic(n: int, steps_list):
     return rows, null
 
 
-def overhead(batch: int = 4096, reps: int = 3):
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def overhead(batch: int = 4096, reps: int = 3, device: str = "cpu"):
     """Sampler wall time / (NFE x one network call) for a small MLP score network on 2-D data."""
     torch.manual_seed(0)
     sde = VPSDE()
-    model = ScoreModel(MLP((2,), hidden=256, depth=3), sde).eval()
+    model = ScoreModel(MLP((2,), hidden=256, depth=3), sde).eval().to(device)
 
     def score_fn(x, t):
         return model(x, t)
 
-    x = torch.randn(batch, 2)
-    t = torch.full((batch,), 0.5)
+    x = torch.randn(batch, 2, device=device)
+    t = torch.full((batch,), 0.5, device=device)
     with torch.no_grad():
         for _ in range(5):
             score_fn(x, t)
+        _sync(device)
         t0 = time.perf_counter()
         for _ in range(50):
             score_fn(x, t)
+        _sync(device)
         call = (time.perf_counter() - t0) / 50
     rows = []
     cases = [
@@ -133,8 +140,10 @@ def overhead(batch: int = 4096, reps: int = 3):
     for name, opts in cases:
         best = math.inf
         for _ in range(reps):
+            _sync(device)
             t0 = time.perf_counter()
-            res = get_sampler(name, **opts)(sde, score_fn, (batch, 2), torch.Generator().manual_seed(0))
+            res = get_sampler(name, **opts)(sde, score_fn, (batch, 2), torch.Generator().manual_seed(0), device=device)
+            _sync(device)
             best = min(best, time.perf_counter() - t0)
         rows.append((f"{name} {opts}", res.nfe, best / (res.nfe * call)))
     return call, rows
@@ -143,6 +152,8 @@ def overhead(batch: int = 4096, reps: int = 3):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer points (for a smoke run)")
+    ap.add_argument("--device", default="cpu", help="device of the overhead measurement (cpu, cuda)")
+    ap.add_argument("--overhead-only", action="store_true", help="skip the quality sweeps")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     steps_list = [5, 10, 20, 40] if args.quick else [5, 8, 10, 15, 20, 30, 50, 100, 200]
@@ -154,6 +165,9 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if args.overhead_only:
+        report_overhead(args)
+        return
     fig, axes = plt.subplots(1, 3, figsize=(17, 5))
     for ax, dim in zip(axes[:2], (2, 16), strict=True):
         curves = quality_deterministic(dim, 512 if not args.quick else 128, steps_list, tols)
@@ -181,13 +195,18 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(OUT / "samplers_quality.png", dpi=110)
 
-    call, over = overhead(batch=4096 if not args.quick else 1024)
-    print(f"\n### Loop overhead (MLP 256x3 on 2-D, batch 4096; one call = {call * 1e3:.2f} ms)\n")
+    report_overhead(args)
+    print(f"\nwrote {OUT / 'samplers_quality.png'}")
+
+
+def report_overhead(args) -> None:
+    batch = 4096 if not args.quick else 1024
+    call, over = overhead(batch=batch, device=args.device)
+    print(f"\n### Loop overhead on {args.device} (MLP 256x3 on 2-D, batch {batch}; one call = {call * 1e3:.3f} ms)\n")
     print("| sampler | NFE | wall / (NFE x call) |")
     print("|---|---|---|")
     for label, nfe, ratio in over:
         print(f"| {label} | {nfe} | {ratio:.3f} |")
-    print(f"\nwrote {OUT / 'samplers_quality.png'}")
 
 
 if __name__ == "__main__":
