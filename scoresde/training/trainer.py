@@ -80,6 +80,14 @@ def step_generator(seed: int, step: int, device: torch.device) -> torch.Generato
     return torch.Generator(device=device).manual_seed(s)
 
 
+def sampling_available() -> bool:
+    try:
+        import scoresde.sampling  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def build_score_model(cfg, setup: Setup, data_shape: tuple[int, ...]) -> ScoreModel:
     m = cfg.model
     return ScoreModel(setup.make_net(tuple(data_shape)), setup.sde, m.parameterization, m.time_input, m.time_scale)
@@ -347,6 +355,9 @@ class Trainer:
         src = self.resume_source()
         if src is not None:
             self.load(src)
+        can_sample = sampling_available()
+        if not can_sample and self.is_main and (tc.sample_n > 0 or tc.sample_every):
+            print("[scoresde] scoresde.sampling is not installed: no sample grids", flush=True)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(self.setup.config_yaml)
@@ -410,7 +421,7 @@ class Trainer:
                 elif eval_now and self.is_main:
                     eval_loss = self.held_out_loss()
                     self._log({"step": self.step, "eval_loss": eval_loss}, writer)
-                if tc.sample_every and self.step % tc.sample_every == 0 and self.is_main and not end:
+                if can_sample and tc.sample_every and self.step % tc.sample_every == 0 and self.is_main and not end:
                     self.sample(f"step_{self.step:08d}")
                 if ckpt_now and self.is_main:
                     self.save()
@@ -430,7 +441,7 @@ class Trainer:
         result = TrainResult(self.run_dir, self.step, run_checkpoint(self.run_dir), eval_loss=eval_loss)
         result.history = self.history
         if self.is_main and self.step >= tc.steps:
-            if tc.sample_n > 0:
+            if tc.sample_n > 0 and can_sample:
                 result.samples = self.sample("final")
             if tc.export:
                 result.weights = self.export(self.run_dir / "ema.safetensors")
@@ -460,8 +471,12 @@ class Trainer:
 
 def fit(cfg, setup: Setup, run_dir: str | Path) -> TrainResult:
     """Train (or resume) a score model as ``cfg`` says, writing everything under ``run_dir``."""
-    trainer = Trainer(cfg, setup, run_dir)
+    threads = torch.get_num_threads()
+    trainer = None
     try:
+        trainer = Trainer(cfg, setup, run_dir)
         return trainer.run()
     finally:
-        D.cleanup(trainer.dist)
+        torch.set_num_threads(threads)  # trainer.num_threads is for this run only
+        if trainer is not None:
+            D.cleanup(trainer.dist)
