@@ -9,7 +9,9 @@ script; rank 0's run directory is used by all.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -84,6 +86,7 @@ def _quiet_secondary_rank() -> None:
     """Ranks > 0 under torchrun: no Hydra outputs of their own (rank 0's run directory is broadcast)."""
     if int(os.environ.get("RANK", "0")) > 0:
         scratch = tempfile.mkdtemp(prefix="scoresde-rank")
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
         sys.argv += [
             f"hydra.run.dir={scratch}",
             "hydra.output_subdir=null",
