@@ -185,7 +185,8 @@ def load_folder(
             raise DataError(f"cannot read image {str(f)!r}: {err}") from err
         if images and a.shape != images[0].shape:
             raise DataError(
-                f"image {str(f)!r} has shape {a.shape}, the others {images[0].shape}; set data.image_size to resize"
+                f"image {str(f)!r} has shape {a.shape} but {str(files[0])!r} has {images[0].shape}; "
+                "set data.image_size to resize them all"
             )
         images.append(a)
     x, levels = _images_from_array(np.stack(images), str(root))
