@@ -134,6 +134,8 @@ class LinearSDE(SDE):
     """
 
     prior_std: float = 1.0
+    #: Predictor-corrector settings the paper's experiments used with this SDE (reference configs).
+    pc_defaults: dict = {"predictor": "euler_maruyama", "corrector": "none", "snr": 0.16}
 
     # --- the schedule -------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -17,6 +17,8 @@ from scoresde.sde.base import LinearSDE
 class VESDE(LinearSDE):
     """Variance-exploding SDE with a geometric noise schedule."""
 
+    pc_defaults = {"predictor": "reverse_diffusion", "corrector": "langevin", "snr": 0.16}
+
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000):
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
