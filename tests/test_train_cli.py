@@ -4,6 +4,7 @@ and clear errors for bad input that leave every file untouched."""
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
 import signal
@@ -304,3 +305,17 @@ def test_run_dirs_do_not_collide():
 
     conf = OmegaConf.load(ROOT / "conf" / "train.yaml")
     assert conf.hydra.run._get_node("dir")._value().endswith("%H-%M-%S.%f}")
+
+
+def test_speed_knobs_keep_results(tmp_path):
+    """Gradient accumulation (2 micro-batches) gives the same training as one batch, up to float rounding;
+    channels_last and bf16 autocast run (on CPU) and train to a finite loss."""
+    args = ["data=digits", "trainer.steps=4", "trainer.ckpt_every=4", "trainer.batch_size=32"]
+    train_in_process(tmp_path / "a", *args)
+    train_in_process(tmp_path / "b", *args, "trainer.grad_accum=2")
+    a = checkpoint_tensors(tmp_path / "a" / "checkpoints" / "last.pt")
+    b = checkpoint_tensors(tmp_path / "b" / "checkpoints" / "last.pt")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    res = train_in_process(tmp_path / "c", *args, "trainer.channels_last=true", "trainer.precision=bf16")
+    assert res.step == 4 and math.isfinite(res.history[-1]["loss"])
