@@ -22,7 +22,8 @@ def test_main_job_held_out_loss_falls(tmp_path):
         timeout=600,
     )
     assert p.returncode == 0, p.stderr[-3000:]
-    evals = [r["eval_loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "eval_loss" in r]
+    records = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+    evals = [r["eval_loss"] for r in records if "eval_loss" in r]
     assert len(evals) == 4
     # the held-out loss (EMA weights, fixed draws) falls: each evaluation below the first, the last clearly so
     assert all(e < evals[0] for e in evals[1:]) and evals[-1] < 0.8 * evals[0], evals

@@ -302,7 +302,8 @@ class Trainer:
         out = self.run_dir / "samples"
         save_npz(out / f"{tag}.npz", samples=x.cpu())
         if self.data.is_image:
-            png = save_image_grid(from_model_range(x, self.cfg.model.centered), out / f"{tag}.png", scale=4)
+            scale = max(1, 64 // x.shape[-1])  # tiny images (digits 8x8) are enlarged for viewing
+            png = save_image_grid(from_model_range(x, self.cfg.model.centered), out / f"{tag}.png", scale=scale)
         else:
             png = save_scatter(x, out / f"{tag}.png", reference=self.data.test, title=f"{tag} ({res.nfe} NFE)")
         return png
