@@ -97,3 +97,28 @@ def truncate_jsonl(path: str | Path, max_step: int) -> None:
         return
     kept = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= max_step]
     path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def plot_metrics(metrics: str | Path, out: str | Path) -> Path:
+    """Training loss and held-out loss against the step, from a run's ``metrics.jsonl``, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_jsonl(metrics)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key, label in (("loss", "training loss (window mean)"), ("eval_loss", "held-out loss (EMA)")):
+        pts = [(r["step"], r[key]) for r in records if key in r]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o" if key == "eval_loss" else None, ms=3, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("DSM loss")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

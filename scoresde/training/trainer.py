@@ -41,7 +41,7 @@ from scoresde.checkpoint import (
 )
 from scoresde.data import ArrayDataset, BatchTransform, from_model_range, load_dataset
 from scoresde.ema import EMA
-from scoresde.io import append_jsonl, save_image_grid, save_npz, save_scatter, truncate_jsonl
+from scoresde.io import append_jsonl, plot_metrics, save_image_grid, save_npz, save_scatter, truncate_jsonl
 from scoresde.losses import DSMLoss, get_loss
 from scoresde.score import ScoreModel
 
@@ -446,6 +446,8 @@ class Trainer:
                 result.samples = self.sample("final")
             if tc.export:
                 result.weights = self.export(self.run_dir / "ema.safetensors")
+            if (self.run_dir / "metrics.jsonl").exists():
+                plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "metrics.png")
             self._summary(result)
         D.barrier(self.dist)
         return result
