@@ -10,7 +10,6 @@ script; rank 0's run directory is used by all.
 from __future__ import annotations
 
 import atexit
-import os
 import shutil
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from scoresde.distributed import env_rank
 from scoresde.training import Setup, TrainConfig, TrainResult, fit
 
 # The typed schema under every composed config: Hydra refuses unknown keys and wrong types at composition.
@@ -84,7 +84,7 @@ def main(cfg: DictConfig) -> None:
 
 def _quiet_secondary_rank() -> None:
     """Ranks > 0 under torchrun: no Hydra outputs of their own (rank 0's run directory is broadcast)."""
-    if int(os.environ.get("RANK", "0")) > 0:
+    if env_rank() > 0:
         scratch = tempfile.mkdtemp(prefix="scoresde-rank")
         atexit.register(shutil.rmtree, scratch, ignore_errors=True)
         sys.argv += [

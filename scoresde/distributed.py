@@ -31,11 +31,26 @@ class DistInfo:
         return self.world_size > 1
 
 
+def _adopt_slurm_env() -> None:
+    """Under ``srun`` with several tasks (e.g. hydra-submitit-launcher with tasks_per_node > 1) and no torchrun,
+    take rank / world size / local rank from SLURM's variables (MASTER_ADDR / MASTER_PORT come from the launcher's
+    ``setup`` lines)."""
+    if "RANK" in os.environ or "SLURM_PROCID" not in os.environ:
+        return
+    if int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return
+    os.environ["RANK"] = os.environ["SLURM_PROCID"]
+    os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
+    os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+
+
 def env_world_size() -> int:
+    _adopt_slurm_env()
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def env_rank() -> int:
+    _adopt_slurm_env()
     return int(os.environ.get("RANK", "0"))
 
 
@@ -55,7 +70,7 @@ def resolve_device(preference: str = "auto", local_rank: int = 0) -> torch.devic
 
 def init_distributed(device_preference: str = "auto") -> DistInfo:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1), else a single-process DistInfo."""
-    world = env_world_size()
+    world = env_world_size()  # torchrun's variables, or SLURM's under srun
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_preference, local_rank)
     if world <= 1:

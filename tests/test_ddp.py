@@ -8,6 +8,8 @@ near-zero gradients, hence a tolerance of 1e-4 relative to each tensor's scale i
 
 from __future__ import annotations
 
+import os
+
 import torch
 from test_train_cli import TOY, checkpoint_tensors, cli
 
@@ -36,3 +38,19 @@ def test_two_processes_equal_one(tmp_path):
     la = [json.loads(x)["loss"] for x in (one / "metrics.jsonl").read_text().splitlines() if "loss" in x]
     lb = [json.loads(x)["loss"] for x in (two / "metrics.jsonl").read_text().splitlines() if "loss" in x]
     assert len(la) == len(lb) and all(abs(u - v) <= 1e-5 * abs(u) for u, v in zip(la, lb, strict=True))
+
+
+def test_slurm_tasks_give_rank_and_world_size(monkeypatch):
+    """Under srun without torchrun, rank / world size / local rank come from SLURM's variables."""
+    from scoresde import distributed as D
+
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    assert (D.env_rank(), D.env_world_size(), os.environ["LOCAL_RANK"]) == (3, 4, "1")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("SLURM_NTASKS", "1")  # a single task: not distributed
+    assert (D.env_rank(), D.env_world_size()) == (0, 1)
