@@ -1,5 +1,7 @@
 """Score networks. Every network is called as ``net(x, label)`` and built with a ``data_shape`` keyword."""
 
 from scoresde.nets.mlp import MLP
+from scoresde.nets.ncsnpp import NCSNpp
+from scoresde.nets.official import OFFICIAL_CONFIGS, CheckpointMismatchError, OfficialModel, load_official_checkpoint
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "NCSNpp", "OFFICIAL_CONFIGS", "CheckpointMismatchError", "OfficialModel", "load_official_checkpoint"]

@@ -26,9 +26,9 @@ class GaussianFourierProjection(nn.Module):
 def sinusoidal_embedding(label: torch.Tensor, dim: int, max_positions: int = 10000) -> torch.Tensor:
     """Transformer/DDPM sinusoidal embedding of a float label, ``dim`` channels, sines first."""
     half = dim // 2
-    freqs = torch.exp(
-        -math.log(max_positions) * torch.arange(half, device=label.device, dtype=torch.float32) / (half - 1)
-    )
+    # Same operation order as DDPM / the reference code, so that float32 results agree bitwise.
+    step = math.log(max_positions) / (half - 1)
+    freqs = torch.exp(torch.arange(half, device=label.device, dtype=torch.float32) * -step)
     args = label.float()[:, None] * freqs[None, :]
     emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
     if dim % 2 == 1:

@@ -43,6 +43,14 @@ def get_sampler(name: str, **options) -> Sampler:
     return cls(**options)
 
 
+def sampler_from_config(config) -> Sampler:
+    """Build a sampler from a mapping ``{"name": ..., **options}`` (e.g. a ``conf/sampler/*.yaml`` group)."""
+    options = dict(config)
+    if "name" not in options:
+        raise ValueError(f"sampler config needs a 'name' key (one of {sorted(SAMPLERS)}); got keys {sorted(options)}")
+    return get_sampler(options.pop("name"), **options)
+
+
 __all__ = [
     "SAMPLERS",
     "get_sampler",

@@ -296,8 +296,10 @@ class DPMSolverSampler(_GridSampler):
                 r0, r1 = (lam[i] - lam[i - 1]) / h, (lam[i - 1] - lam[i - 2]) / h
                 d1_0 = (models[0] - models[1]) / r0
                 d1_1 = (models[1] - models[2]) / r1
+                # d1 ~ h m'(lambda_i) and d2 ~ h^2 m''(lambda_i) / 2 on a non-uniform lambda grid; integrating the
+                # quadratic Taylor model against the exponential weight gives the phi_2 and -2 phi_3 weights.
                 d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
                 d2 = (d1_0 - d1_1) / (r0 + r1)
                 phi3 = phi2 / h - 0.5
-                x = x + sign * coef * phi2 * d1 - coef * phi3 * d2
+                x = x + sign * coef * phi2 * d1 - 2 * coef * phi3 * d2
         return self._finish(sde, score, x)

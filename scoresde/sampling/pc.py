@@ -119,8 +119,6 @@ class PredictorSampler(Sampler):
     ):
         self.steps, self.eps, self.denoise, self.grid = steps, eps, denoise, grid
         self.probability_flow, self.progress, self.dtype = probability_flow, progress, dtype
-        if probability_flow and self.predictor == "ancestral":
-            raise ValueError("the ancestral predictor has no probability-flow form; use reverse_diffusion or ddim")
 
     def sample(self, sde: LinearSDE, score: CountingScore, x: torch.Tensor, generator: Generator) -> torch.Tensor:
         grid = time_grid(sde, self.steps or sde.N, self.eps, self.grid, device=x.device, dtype=x.dtype)
@@ -146,3 +144,15 @@ class AncestralSampler(PredictorSampler):
     """``ancestral``: sampling the Gaussian posterior ``q(x_s | x_t, x0_hat)`` (DDPM / SMLD, any linear SDE)."""
 
     name = predictor = "ancestral"
+
+    def __init__(
+        self,
+        *,
+        steps: int | None = None,
+        eps: float = 1e-3,
+        denoise: bool = True,
+        grid: str = "uniform",
+        progress: bool | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__(steps=steps, eps=eps, denoise=denoise, grid=grid, progress=progress, dtype=dtype)

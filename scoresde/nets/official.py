@@ -1,0 +1,342 @@
+"""Read checkpoints of the reference implementation (yang-song/score_sde_pytorch) into our networks.
+
+A reference ``checkpoint_*.pth`` is a dict ``{model, ema, optimizer, step}``. ``model`` is the state dict of a
+``DataParallel`` network (keys ``module.all_modules.<i>.<name>``, one flat list in construction order, plus a
+``sigmas`` buffer); ``ema`` holds ``shadow_params``, a *list* in ``model.parameters()`` order without the
+non-trainable Fourier ``W``. We rebuild the network from the reference config (a nested dict like the
+reference's ``ml_collections`` config, a ``config.json`` path, or a published config name in
+:data:`OFFICIAL_CONFIGS`), map every flat key to our named submodule through ``NCSNpp.official_order`` and load
+**strictly**: any missing, unexpected or mis-shaped key raises :class:`CheckpointMismatchError`.
+
+Score conventions (continuous training, Song et al. 2021): VP / sub-VP networks see ``999 t`` and predict the
+noise (``score = -out / std``); VE networks see ``sigma(t)`` and return the score (they divide by sigma).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from scoresde.nets.embeddings import GaussianFourierProjection
+from scoresde.nets.ncsnpp import NCSNpp
+from scoresde.score import ScoreModel
+from scoresde.sde import VESDE, VPSDE, LinearSDE, SubVPSDE
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not fit the network: lists the missing, unexpected and mis-shaped keys."""
+
+    def __init__(self, missing, unexpected, mismatched=(), where: str = "checkpoint"):
+        self.missing, self.unexpected, self.mismatched = list(missing), list(unexpected), list(mismatched)
+        lines = [f"{where} does not match the network built from its config:"]
+        lines.append(f"  missing keys ({len(self.missing)}): {self.missing}")
+        lines.append(f"  unexpected keys ({len(self.unexpected)}): {self.unexpected}")
+        if self.mismatched:
+            lines.append(f"  shape mismatches ({len(self.mismatched)}): {self.mismatched}")
+        super().__init__("\n".join(lines))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Published configurations (model and data sections of the reference configs, continuous training).
+
+_NCSNPP_CIFAR10 = dict(
+    name="ncsnpp",
+    nf=128,
+    ch_mult=[1, 2, 2, 2],
+    num_res_blocks=4,
+    attn_resolutions=[16],
+    dropout=0.1,
+    resamp_with_conv=True,
+    conditional=True,
+    fir=True,
+    fir_kernel=[1, 3, 3, 1],
+    skip_rescale=True,
+    resblock_type="biggan",
+    progressive="none",
+    progressive_input="residual",
+    progressive_combine="sum",
+    attention_type="ddpm",
+    init_scale=0.0,
+    embedding_type="fourier",
+    fourier_scale=16,
+    conv_size=3,
+    scale_by_sigma=True,
+    nonlinearity="swish",
+    normalization="GroupNorm",
+    sigma_min=0.01,
+    sigma_max=50.0,
+    num_scales=1000,
+    beta_min=0.1,
+    beta_max=20.0,
+    ema_rate=0.999,
+)
+_DDPMPP_CIFAR10 = dict(
+    _NCSNPP_CIFAR10,
+    fir=False,
+    progressive_input="none",
+    embedding_type="positional",
+    scale_by_sigma=False,
+    ema_rate=0.9999,
+)
+_CIFAR10 = dict(image_size=32, num_channels=3)
+_VE_FACES = dict(  # configs/ve/{celebahq_256,ffhq}_ncsnpp_continuous.py
+    _NCSNPP_CIFAR10,
+    ch_mult=[1, 1, 2, 2, 2, 2, 2],
+    num_res_blocks=2,
+    dropout=0.0,
+    progressive="output_skip",
+    progressive_input="input_skip",
+    num_scales=2000,
+)
+_EMA_SLOW = dict(ema_rate=0.9999)
+
+
+def _cfg(sde: str, model: dict, data: dict, centered: bool) -> dict:
+    return {"training": {"sde": sde, "continuous": True}, "model": model, "data": dict(data, centered=centered)}
+
+
+OFFICIAL_CONFIGS: dict[str, dict] = {
+    "ve/cifar10_ncsnpp_continuous": _cfg("vesde", _NCSNPP_CIFAR10, _CIFAR10, False),
+    "ve/cifar10_ncsnpp_deep_continuous": _cfg("vesde", dict(_NCSNPP_CIFAR10, num_res_blocks=8), _CIFAR10, False),
+    "vp/cifar10_ddpmpp_continuous": _cfg("vpsde", _DDPMPP_CIFAR10, _CIFAR10, True),
+    "vp/cifar10_ddpmpp_deep_continuous": _cfg("vpsde", dict(_DDPMPP_CIFAR10, num_res_blocks=8), _CIFAR10, True),
+    "subvp/cifar10_ddpmpp_continuous": _cfg("subvpsde", _DDPMPP_CIFAR10, _CIFAR10, True),
+    "subvp/cifar10_ddpmpp_deep_continuous": _cfg("subvpsde", dict(_DDPMPP_CIFAR10, num_res_blocks=8), _CIFAR10, True),
+    "ve/celebahq_256_ncsnpp_continuous": _cfg(
+        "vesde", dict(_VE_FACES, sigma_max=348.0), dict(image_size=256, num_channels=3), False
+    ),
+    "ve/ffhq_ncsnpp_continuous": _cfg(
+        "vesde",
+        dict(_VE_FACES, nf=16, ch_mult=[1, 2, 4, 8, 16, 32, 32, 32], num_res_blocks=1, sigma_max=1348.0, **_EMA_SLOW),
+        dict(image_size=1024, num_channels=3),
+        False,
+    ),
+}
+"""Published reference configs by name (``<sde>/<file>`` of the reference ``configs/`` folder)."""
+
+_NET_KEYS = (
+    "nf ch_mult num_res_blocks attn_resolutions dropout resamp_with_conv fir fir_kernel skip_rescale resblock_type "
+    "progressive progressive_input progressive_combine embedding_type fourier_scale init_scale scale_by_sigma "
+    "conditional sigma_min sigma_max num_scales"
+).split()
+_SUPPORTED = {"name": "ncsnpp", "nonlinearity": "swish", "normalization": "groupnorm", "attention_type": "ddpm"}
+
+
+def resolve_config(config: dict | str | os.PathLike) -> dict:
+    """A reference config as a nested dict: from a dict, a ``config.json`` path or an :data:`OFFICIAL_CONFIGS` name."""
+    if isinstance(config, dict):
+        return copy.deepcopy(config)
+    if str(config) in OFFICIAL_CONFIGS:
+        return copy.deepcopy(OFFICIAL_CONFIGS[str(config)])
+    path = Path(config)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"config {str(config)!r} is neither a config.json file nor a published config name "
+            f"({', '.join(OFFICIAL_CONFIGS)})"
+        )
+    return json.loads(path.read_text())
+
+
+def net_kwargs_from_config(config: dict | str | os.PathLike) -> dict[str, Any]:
+    """``NCSNpp`` keyword arguments (including ``data_shape``) for a reference config."""
+    cfg = resolve_config(config)
+    model, data = cfg["model"], cfg["data"]
+    for key, value in _SUPPORTED.items():
+        if str(model.get(key, value)).lower() != value:
+            raise NotImplementedError(f"reference model.{key}={model[key]!r} is not supported (only {value!r})")
+    if model.get("conv_size", 3) != 3:
+        raise NotImplementedError(f"reference model.conv_size={model['conv_size']} is not supported (only 3)")
+    kwargs = {k: model[k] for k in _NET_KEYS if k in model}
+    for k in ("ch_mult", "attn_resolutions", "fir_kernel"):
+        if k in kwargs:
+            kwargs[k] = tuple(kwargs[k])
+    kwargs["centered"] = bool(data["centered"])
+    kwargs["data_shape"] = (int(data["num_channels"]), int(data["image_size"]), int(data["image_size"]))
+    return kwargs
+
+
+def sde_from_config(config: dict | str | os.PathLike) -> LinearSDE:
+    """The SDE of a reference config (``training.sde`` with the ``model`` section's parameters)."""
+    cfg = resolve_config(config)
+    name, model = cfg["training"]["sde"].lower(), cfg["model"]
+    n = int(model.get("num_scales", 1000))
+    if name == "vesde":
+        return VESDE(model["sigma_min"], model["sigma_max"], n)
+    if name in ("vpsde", "subvpsde"):
+        cls = VPSDE if name == "vpsde" else SubVPSDE
+        return cls(model["beta_min"], model["beta_max"], n)
+    raise ValueError(f"unknown reference training.sde {name!r}; expected vesde, vpsde or subvpsde")
+
+
+def score_kwargs_from_config(config: dict | str | os.PathLike) -> dict[str, Any]:
+    """``ScoreModel`` options reproducing the reference's continuous score function."""
+    cfg = resolve_config(config)
+    if not cfg["training"].get("continuous", True):
+        raise NotImplementedError("only continuously trained reference models (training.continuous=True) load")
+    if cfg["training"]["sde"].lower() == "vesde":
+        return dict(parameterization="score", time_input="sigma", time_scale=1.0)
+    return dict(parameterization="eps", time_input="t", time_scale=999.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# State-dict conversion.
+
+
+def _target(net: NCSNpp, key: str, value: torch.Tensor) -> tuple[str, torch.Tensor] | None:
+    """Our key and tensor for one reference key ``all_modules.<i>.<rest>``, or ``None`` if it has no place."""
+    parts = key.split(".")
+    if len(parts) < 3 or parts[0] != "all_modules" or not parts[1].isdigit():
+        return None
+    index, rest = int(parts[1]), parts[2:]
+    if index >= len(net.official_order):
+        return None
+    path = net.official_order[index]
+    module = net.get_submodule(path)
+    if len(rest) == 2:
+        names = getattr(module, "OFFICIAL_NAMES", {})
+        sub = getattr(module, names.get(rest[0], ""), None)
+        if not isinstance(sub, nn.Module):
+            return None
+        path, module = f"{path}.{names[rest[0]]}", sub
+    elif len(rest) != 1:
+        return None
+    name = rest[-1]
+    if isinstance(module, GaussianFourierProjection):
+        return (f"{path}.{name}", value) if name == "W" else None
+    if name in ("W", "b"):  # NIN: y = x W + b with W of shape [in, out]
+        name = "weight" if name == "W" else "bias"
+        if name == "weight":
+            value = value.t()
+            if isinstance(module, nn.Conv2d):
+                value = value[:, :, None, None]
+    return f"{path}.{name}", value
+
+
+def convert_state_dict(
+    net: NCSNpp, state: dict[str, torch.Tensor], shadow_params: list[torch.Tensor] | None = None, where="checkpoint"
+) -> dict[str, torch.Tensor]:
+    """Map a reference model state dict (optionally with the EMA shadow list swapped in) onto ``net``'s keys.
+
+    Raises :class:`CheckpointMismatchError` listing missing / unexpected / mis-shaped keys.
+    """
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state.pop("sigmas", None)  # derived buffer (geometric noise levels); recomputed from the config when needed
+    ours = net.state_dict()
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    converted, unexpected, mismatched, official_trainable, seen = {}, [], [], [], set()
+    for key, value in state.items():
+        tgt = _target(net, key, value)
+        if tgt is None or tgt[0] not in ours or tgt[0] in seen:
+            unexpected.append(key)
+            continue
+        name, tensor = tgt
+        seen.add(name)
+        if tuple(tensor.shape) != tuple(ours[name].shape):
+            mismatched.append(f"{key} {tuple(value.shape)} -> {name} {tuple(ours[name].shape)}")
+            continue
+        converted[name] = tensor
+        if name in trainable:
+            official_trainable.append(key)
+    missing = [k for k in ours if k not in seen]
+    if missing or unexpected or mismatched:
+        raise CheckpointMismatchError(missing, unexpected, mismatched, where)
+    if shadow_params is not None:
+        if len(shadow_params) != len(official_trainable):
+            msg = f"ema.shadow_params: {len(shadow_params)} tensors for {len(official_trainable)} parameters"
+            raise CheckpointMismatchError([], [], [msg], where)
+        for key, value in zip(official_trainable, shadow_params, strict=True):
+            name, tensor = _target(net, key, value)
+            if tuple(tensor.shape) != tuple(ours[name].shape):
+                raise CheckpointMismatchError([], [], [f"ema entry for {key}: {tuple(value.shape)}"], where)
+            converted[name] = tensor
+    return {k: v.to(ours[k].dtype).contiguous() for k, v in converted.items()}
+
+
+def check_noise_levels(state: dict[str, torch.Tensor], config: dict, where: str = "checkpoint") -> None:
+    """The reference stores its geometric noise levels ``exp(linspace(log sigma_max, log sigma_min, num_scales))`` as
+    the ``sigmas`` buffer; it must agree with the config, or the config does not belong to the checkpoint."""
+    sigmas = state.get("module.sigmas", state.get("sigmas"))
+    if sigmas is None:
+        return
+    model = config["model"]
+    n, lo, hi = int(model.get("num_scales", 1000)), float(model["sigma_min"]), float(model["sigma_max"])
+    expected = torch.exp(torch.linspace(math.log(hi), math.log(lo), n, dtype=torch.float64))
+    if sigmas.shape != expected.shape or not torch.allclose(sigmas.double(), expected, rtol=1e-6, atol=0):
+        found = f"{sigmas.numel()} levels from {sigmas.max().item():.6g} to {sigmas.min().item():.6g}"
+        raise CheckpointMismatchError(
+            [], [], [f"sigmas: checkpoint has {found}, config sigma_max={hi}, sigma_min={lo}, num_scales={n}"], where
+        )
+
+
+@dataclass
+class OfficialModel:
+    """A reference checkpoint loaded into our code: the score function is ``score_model(x, t)``.
+
+    ``centered``: the model works on data in [-1, 1] (else [0, 1]); samples map back with ``(x + 1) / 2``.
+    """
+
+    score_model: ScoreModel
+    sde: LinearSDE
+    net: NCSNpp
+    config: dict
+    step: int
+    centered: bool
+    data_shape: tuple[int, int, int]
+    use_ema: bool
+
+    def to_unit_interval(self, x: torch.Tensor) -> torch.Tensor:
+        """Model-space samples -> images in [0, 1]."""
+        return ((x + 1) / 2 if self.centered else x).clamp(0, 1)
+
+
+def build_from_config(config: dict | str | os.PathLike) -> tuple[ScoreModel, LinearSDE]:
+    """A freshly initialised network wrapped in a ``ScoreModel`` with the reference config's SDE."""
+    kwargs, sde = net_kwargs_from_config(config), sde_from_config(config)
+    net = NCSNpp(**kwargs)
+    return ScoreModel(net, sde, **score_kwargs_from_config(config)), sde
+
+
+def load_official_checkpoint(
+    path: str | os.PathLike,
+    config: dict | str | os.PathLike,
+    use_ema: bool = True,
+    map_location: str | torch.device = "cpu",
+) -> OfficialModel:
+    """Load a reference ``checkpoint_*.pth`` with the EMA weights (default, as the reference evaluates) or the
+    raw model weights, strictly. ``config``: nested dict, ``config.json`` path or :data:`OFFICIAL_CONFIGS` name."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no reference checkpoint at {path}")
+    cfg = resolve_config(config)
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise ValueError(f"{path} is not a reference checkpoint (expected a dict with 'model', 'ema', 'step')")
+    shadow = None
+    if use_ema:
+        ema = ckpt.get("ema")
+        if not isinstance(ema, dict) or "shadow_params" not in ema:
+            raise ValueError(f"{path} has no EMA shadow parameters; pass use_ema=False to load the model weights")
+        shadow = list(ema["shadow_params"])
+    check_noise_levels(ckpt["model"], cfg, where=str(path))
+    score_model, sde = build_from_config(cfg)
+    net = score_model.net
+    net.load_state_dict(convert_state_dict(net, ckpt["model"], shadow, where=str(path)), strict=True)
+    net.eval()
+    return OfficialModel(
+        score_model=score_model.eval(),
+        sde=sde,
+        net=net,
+        config=cfg,
+        step=int(ckpt.get("step", 0)),
+        centered=bool(cfg["data"]["centered"]),
+        data_shape=net.data_shape,
+        use_ema=use_ema,
+    )

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Run on a lent GPU machine (its python3 has CUDA PyTorch): CUDA tests and GPU benchmarks.
+# Usage: bash scripts/gpu_check.sh {tests|bench|train}; wheels of missing pure-Python deps in .whl/ are installed first.
+set -uo pipefail
+out="${OUT:-/tmp/gpu_out}"; mkdir -p "$out"
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:.
+else
+    export PYTHONPATH=.
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi -L; python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
+case "${1:-tests}" in
+tests)
+    python3 -m pytest tests -q -n 8 -p no:cacheprovider -x 2>&1 | tee "$out/pytest_gpu.txt" | tail -25 ;;
+bench)
+    python3 benchmarks/bench_nets.py --device cuda 2>&1 | tee "$out/bench_nets_cuda.txt"
+    python3 benchmarks/bench_nets.py --device cuda --amp --channels-last 2>&1 | tee "$out/bench_nets_cuda_amp.txt"
+    python3 benchmarks/bench_samplers.py --device cuda --overhead-only 2>&1 | tee "$out/bench_samplers_overhead_cuda.txt"
+    python3 benchmarks/bench_likelihood.py --device cuda --batch 256 2>&1 | tee "$out/bench_likelihood_cuda.txt" | tail -40 ;;
+*)
+    shift; "$@" 2>&1 | tee "$out/custom.txt" ;;
+esac
