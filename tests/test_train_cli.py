@@ -199,6 +199,18 @@ def test_resume_extends_a_finished_run(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_from_another_run_directory(tmp_path):
+    """trainer.resume=<file> continues that run in a new directory; the original is left untouched."""
+    a, b, ref = tmp_path / "a", tmp_path / "b", tmp_path / "ref"
+    train_in_process(a, "trainer.steps=20", "trainer.ckpt_every=20")
+    before = digest(a / "checkpoints" / "last.pt")
+    train_in_process(b, "trainer.steps=40", "trainer.ckpt_every=20", f"trainer.resume={a / 'checkpoints' / 'last.pt'}")
+    train_in_process(ref, "trainer.steps=40", "trainer.ckpt_every=20")
+    assert digest(a / "checkpoints" / "last.pt") == before
+    x, y = checkpoint_tensors(ref / "checkpoints" / "last.pt"), checkpoint_tensors(b / "checkpoints" / "last.pt")
+    assert all(torch.equal(x[k], y[k]) for k in x)
+
+
 # --- clear errors that change nothing -------------------------------------------------------------------------
 def _snapshot(d: Path) -> dict[str, str]:
     return {str(p.relative_to(d)): digest(p) for p in sorted(d.rglob("*")) if p.is_file()} if d.exists() else {}

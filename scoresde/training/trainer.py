@@ -416,7 +416,8 @@ class Trainer:
                     if self.is_main:
                         self._log(record, writer)
                         if bar is not None:
-                            bar.set_postfix(loss=f"{mean:.4f}", **({"eval": f"{eval_loss:.4f}"} if eval_now else {}))
+                            held = {} if eval_loss is None else {"eval": f"{eval_loss:.4f}"}  # the latest
+                            bar.set_postfix(loss=f"{mean:.4f}", **held)
                     window.zero_()
                     t0, n0 = time.perf_counter(), self.step
                 elif eval_now and self.is_main:
