@@ -10,10 +10,12 @@ script; rank 0's run directory is used by all.
 from __future__ import annotations
 
 import atexit
+import json
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.config_store import ConfigStore
@@ -22,8 +24,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from scoresde.checkpoint import CheckpointError, load_checkpoint, load_safetensors, load_state_strict
 from scoresde.distributed import env_rank
+from scoresde.score import ScoreModel
 from scoresde.training import Setup, TrainConfig, TrainResult, fit
+from scoresde.training.trainer import build_score_model
 
 # The typed schema under every composed config: Hydra refuses unknown keys and wrong types at composition.
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
@@ -75,6 +80,32 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> TrainResult:
         run_dir = HydraConfig.get().runtime.output_dir
     cfg = validate(cfg)
     return fit(cfg, build_setup(cfg), run_dir)
+
+
+def load_trained(path: str | Path, use_ema: bool = True) -> tuple[ScoreModel, Any, DictConfig]:
+    """``(score_model, sde, cfg)`` of a trained run: a run directory, a checkpoint file or an exported
+    ``ema.safetensors``. The network is rebuilt from the config stored inside and loaded strictly (EMA weights by
+    default); the model is in eval mode on the CPU."""
+    p = Path(path)
+    if p.suffix == ".safetensors":
+        state, meta = load_safetensors(p)
+        if "config" not in meta or "data_shape" not in meta:
+            raise CheckpointError(f"{str(p)!r} was not exported by scoresde (no config / data_shape metadata)")
+        stored, shape, source = meta["config"], json.loads(meta["data_shape"]), str(p)
+    else:
+        ckpt = load_checkpoint(p)
+        stored, shape, source = ckpt.get("config", ""), ckpt.get("data_shape"), ckpt["path"]
+        if use_ema:
+            state = {k.removeprefix("module."): v for k, v in ckpt["ema"].items() if k != "_extra_state"}
+        else:
+            state = ckpt["model"]
+    if not stored or shape is None:
+        raise CheckpointError(f"{source!r} holds no config / data shape to rebuild the model from")
+    cfg = validate(OmegaConf.create(stored))
+    setup = build_setup(cfg)
+    model = build_score_model(cfg, setup, tuple(shape))
+    load_state_strict(model, state, source, "EMA model" if use_ema else "model")
+    return model.eval(), setup.sde, cfg
 
 
 @hydra.main(config_path="conf", config_name="train", version_base=None)

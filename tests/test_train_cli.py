@@ -173,6 +173,21 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     steps = [eval_json(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps))
 
+    # pre-emption (SIGTERM, as SLURM sends): checkpoint at the next log step, exit cleanly, resume exactly
+    run = tmp_path / "terminated"
+    proc = subprocess.Popen(command(run, *args), cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    last = run / "checkpoints" / "last.pt"
+    while not last.exists() and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and b"pre-empted: checkpoint at step" in out
+    stopped_at = torch.load(last, weights_only=True)["step"]
+    assert stopped_at < 400 and stopped_at % 20 == 0  # a log step
+    assert cli(run, *args).returncode == 0
+    b = checkpoint_tensors(last)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
 
 def compose_cfg(*overrides: str):
     from hydra import compose, initialize_config_dir
@@ -209,6 +224,27 @@ def test_resume_from_another_run_directory(tmp_path):
     assert digest(a / "checkpoints" / "last.pt") == before
     x, y = checkpoint_tensors(ref / "checkpoints" / "last.pt"), checkpoint_tensors(b / "checkpoints" / "last.pt")
     assert all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_load_trained_from_checkpoint_run_dir_and_export(tmp_path):
+    """The EMA model comes back from the run directory, the checkpoint and ema.safetensors alike."""
+    import train as script
+
+    run = tmp_path / "run"
+    train_in_process(run, "trainer.steps=10", "trainer.ckpt_every=10", "trainer.export=true")
+    ema = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["ema"]
+    x, t = torch.randn(5, 2), torch.rand(5)
+    outs = []
+    for source in (run, run / "checkpoints" / "last.pt", run / "ema.safetensors"):
+        model, sde, cfg = script.load_trained(source)
+        assert cfg.data.name == "two_moons" and type(sde).__name__ == "VPSDE"
+        assert all(torch.equal(v, ema[f"module.{k}"]) for k, v in model.state_dict().items())
+        with torch.no_grad():
+            outs.append(model(x, t))
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+    raw, _, _ = script.load_trained(run, use_ema=False)
+    model_state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(v, model_state[k]) for k, v in raw.state_dict().items())
 
 
 # --- clear errors that change nothing -------------------------------------------------------------------------
