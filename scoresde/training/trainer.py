@@ -173,11 +173,11 @@ class Trainer:
     def _training_view(self) -> ScoreModel:
         """The model as the loss sees it: the same parameters, wrapped in DDP / torch.compile if asked."""
         net = self.model.net
-        if self.tc.compile:
-            net = torch.compile(net)
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+        if self.tc.compile:  # compile the DDP-wrapped module (PyTorch's recommended order)
+            net = torch.compile(net)
         if net is self.model.net:
             return self.model
         m = self.model
