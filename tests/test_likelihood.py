@@ -230,9 +230,10 @@ def test_dataparallel_wrapper_is_unwrapped_and_nested_one_rejected():
     torch.manual_seed(0)
     sde = VPSDE()
     model = ScoreModel(MLP(data_shape=(2,), hidden=16, depth=1, embed_dim=8), sde)
-    x = torch.randn(3, 2)
+    wrapper = torch.nn.DataParallel(model)  # moves the model to cuda:0 when a GPU is present
+    x = torch.randn(3, 2).to(next(model.parameters()).device)
     plain = log_likelihood(sde, model, x, generator=_gen(0))
-    wrapped = log_likelihood(sde, torch.nn.DataParallel(model), x, generator=_gen(0))
+    wrapped = log_likelihood(sde, wrapper, x, generator=_gen(0))
     torch.testing.assert_close(plain.logp, wrapped.logp)
     nested = ScoreModel(torch.nn.DataParallel(model.net), sde)
     with pytest.raises(ValueError, match="unwrapped"):
