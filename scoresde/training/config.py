@@ -19,6 +19,7 @@ class ModelConfig:
     centered: bool = True  # images scaled to [-1, 1] (else [0, 1])
     ema_rate: float | None = None  # None: trainer.ema_rate
     image_size: int | None = None  # resolution the network is meant for; the image data groups default to it
+    official_config: str | None = None  # published presets: the reference config they reproduce
 
 
 @dataclass
