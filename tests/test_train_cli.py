@@ -380,3 +380,17 @@ def test_every_preset_fits_the_schema(group):
         extra = ["data.path=/some/where"] if group == "data" else []
         cfg = script.validate(compose_cfg(f"{group}={name}", *extra))
         assert cfg.trainer.steps > 0
+
+
+def test_slurm_launcher_config_composes():
+    """hydra/launcher=slurm fits hydra-submitit-launcher's schema (when the optional plugin is installed)."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_dir
+
+    import train  # noqa: F401  (registers the schema)
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
+        cfg = compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.additional_parameters.requeue is True and launcher.max_num_timeout > 0
