@@ -227,11 +227,24 @@ def test_resume_from_another_run_directory(tmp_path):
 
 
 def test_load_trained_from_checkpoint_run_dir_and_export(tmp_path):
-    """The EMA model comes back from the run directory, the checkpoint and ema.safetensors alike."""
+    """Periodic samples are written; the EMA model comes back from the run directory, the checkpoint and
+    ema.safetensors alike."""
     import train as script
 
     run = tmp_path / "run"
-    train_in_process(run, "trainer.steps=10", "trainer.ckpt_every=10", "trainer.export=true")
+    train_in_process(
+        run,
+        "trainer.steps=10",
+        "trainer.ckpt_every=10",
+        "trainer.export=true",
+        "trainer.sample_every=5",
+        "trainer.sample_n=8",
+        "trainer.sampler_options.steps=5",
+    )
+    # periodic and final sample plots of the EMA model
+    assert {p.name for p in (run / "samples").iterdir()} == {
+        f"{tag}.{ext}" for tag in ("step_00000005", "final") for ext in ("png", "npz")
+    }
     ema = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["ema"]
     x, t = torch.randn(5, 2), torch.rand(5)
     outs = []
