@@ -103,46 +103,63 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def overhead(batch: int = 4096, reps: int = 3, device: str = "cpu"):
-    """Sampler wall time / (NFE x one network call) for a small MLP score network on 2-D data."""
+def _network(kind: str, device: str):
+    """A small score network and the sample shape it takes: the MLP (2-D) or a conv preset from conf/model."""
+    sde = VPSDE()
+    if kind == "mlp":
+        return ScoreModel(MLP((2,), hidden=256, depth=3), sde).eval().to(device), (2,)
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "model" / f"{kind}.yaml")
+    size = int(cfg.image_size)
+    channels = 1 if kind.startswith("digits") else 3
+    net = instantiate(cfg.net, data_shape=(channels, size, size))
+    model = ScoreModel(net, sde, cfg.parameterization, cfg.time_input, cfg.time_scale)
+    return model.eval().to(device), (channels, size, size)
+
+
+def overhead(kind: str = "mlp", batch: int = 4096, steps: int = 50, reps: int = 3, device: str = "cpu"):
+    """Sampler wall time / (NFE x one network call), all timed side by side in one run."""
     torch.manual_seed(0)
     sde = VPSDE()
-    model = ScoreModel(MLP((2,), hidden=256, depth=3), sde).eval().to(device)
+    model, shape = _network(kind, device)
 
     def score_fn(x, t):
         return model(x, t)
 
-    x = torch.randn(batch, 2, device=device)
+    x = torch.randn(batch, *shape, device=device)
     t = torch.full((batch,), 0.5, device=device)
     with torch.no_grad():
-        for _ in range(5):
+        for _ in range(3):
             score_fn(x, t)
         _sync(device)
         t0 = time.perf_counter()
-        for _ in range(50):
+        for _ in range(20):
             score_fn(x, t)
         _sync(device)
-        call = (time.perf_counter() - t0) / 50
+        call = (time.perf_counter() - t0) / 20
     rows = []
     cases = [
-        ("euler_maruyama", {"steps": 100}),
-        ("pc", {"steps": 50, "corrector": "langevin"}),
-        ("ancestral", {"steps": 100}),
-        ("ddim", {"steps": 100}),
-        ("heun", {"steps": 50}),
-        ("dpm_solver", {"steps": 100, "order": 3}),
-        ("pndm", {"steps": 100}),
-        ("ode", {}),
-        ("ode", {"method": "rk4", "steps": 50}),
-        ("sdeint", {"steps": 100}),
-        ("ode_scipy", {}),
+        ("euler_maruyama", {"steps": steps}),
+        ("pc", {"steps": steps // 2, "corrector": "langevin"}),
+        ("ancestral", {"steps": steps}),
+        ("ddim", {"steps": steps}),
+        ("heun", {"steps": steps // 2}),
+        ("dpm_solver", {"steps": steps, "order": 3}),
+        ("pndm", {"steps": steps}),
+        ("ode", {"method": "rk4", "steps": steps // 4}),
+        ("ode", {"rtol": 1e-3, "atol": 1e-3}),
+        ("sdeint", {"steps": steps}),
+        ("ode_scipy", {"rtol": 1e-3, "atol": 1e-3}),
     ]
     for name, opts in cases:
         best = math.inf
         for _ in range(reps):
             _sync(device)
             t0 = time.perf_counter()
-            res = get_sampler(name, **opts)(sde, score_fn, (batch, 2), torch.Generator().manual_seed(0), device=device)
+            res = get_sampler(name, **opts)(sde, score_fn, (batch, *shape), torch.Generator().manual_seed(0),
+                                            device=device)  # fmt: skip
             _sync(device)
             best = min(best, time.perf_counter() - t0)
         rows.append((f"{name} {opts}", res.nfe, best / (res.nfe * call)))
@@ -200,13 +217,16 @@ def main() -> None:
 
 
 def report_overhead(args) -> None:
-    batch = 4096 if not args.quick else 1024
-    call, over = overhead(batch=batch, device=args.device)
-    print(f"\n### Loop overhead on {args.device} (MLP 256x3 on 2-D, batch {batch}; one call = {call * 1e3:.3f} ms)\n")
-    print("| sampler | NFE | wall / (NFE x call) |")
-    print("|---|---|---|")
-    for label, nfe, ratio in over:
-        print(f"| {label} | {nfe} | {ratio:.3f} |")
+    setups = [("mlp", 4096 if not args.quick else 1024, 50), ("digits_ddpmpp", 64, 20)]
+    if args.device.startswith("cuda"):
+        setups.append(("ddpmpp", 128, 20))
+    for kind, batch, steps in setups:
+        call, over = overhead(kind, batch=batch, steps=steps, device=args.device)
+        print(f"\n### Loop overhead on {args.device}: {kind}, batch {batch}, one call = {call * 1e3:.2f} ms\n")
+        print("| sampler | NFE | wall / (NFE x call) |")
+        print("|---|---|---|")
+        for label, nfe, ratio in over:
+            print(f"| {label} | {nfe} | {ratio:.3f} |")
 
 
 if __name__ == "__main__":

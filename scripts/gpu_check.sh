@@ -10,6 +10,7 @@ else
     export PYTHONPATH=.
 fi
 export PYTHONUNBUFFERED=1
+[ -d .shared ] && [ ! -e ../shared ] && cp -r .shared ../shared
 nvidia-smi -L; python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
 case "${1:-tests}" in
 tests)
@@ -19,6 +20,10 @@ bench)
     python3 benchmarks/bench_nets.py --device cuda --amp --channels-last 2>&1 | tee "$out/bench_nets_cuda_amp.txt"
     python3 benchmarks/bench_samplers.py --device cuda --overhead-only 2>&1 | tee "$out/bench_samplers_overhead_cuda.txt"
     python3 benchmarks/bench_likelihood.py --device cuda --batch 256 2>&1 | tee "$out/bench_likelihood_cuda.txt" | tail -40 ;;
+samplers)
+    python3 benchmarks/bench_samplers.py 2>&1 | tee "$out/bench_samplers_cpu.txt"
+    cp benchmarks/results/samplers_quality.png "$out/" 2>/dev/null
+    python3 benchmarks/bench_samplers.py --device cuda --overhead-only 2>&1 | tee "$out/bench_samplers_cuda.txt" ;;
 *)
     shift; "$@" 2>&1 | tee "$out/custom.txt" ;;
 esac
