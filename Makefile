@@ -10,9 +10,10 @@ $(VENV)/.installed: pyproject.toml scripts/install.sh
 
 install: $(VENV)/.installed
 
-# Main job: draw the marginals p_t of an analytic mixture under every SDE (outputs/marginals.png).
+# Main job: train the small score network on scikit-learn's digits (CPU, a few minutes); the EMA samples land in
+# outputs/main/samples/final.png. Running it again resumes / re-samples the same run; delete outputs/main to restart.
 run: install
-	$(PY) -m scoresde.demo --out outputs/marginals.png
+	$(PY) train.py hydra.run.dir=outputs/main
 
 # Whole suite, slow tests included. pytest's exit code 5 (no test collected) is not a failure.
 test: install

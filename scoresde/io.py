@@ -1,0 +1,124 @@
+"""Writing results: PNG grids of image samples, scatter plots of 2-D samples, ``.npz`` arrays, JSON lines."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def image_grid(x01: torch.Tensor, nrow: int | None = None, padding: int = 1, pad_value: float = 1.0) -> np.ndarray:
+    """Tile a batch ``(B, C, H, W)`` in [0, 1] into one uint8 image ``(H', W', C)`` (C = 1 squeezed)."""
+    if x01.ndim != 4:
+        raise ValueError(f"image_grid needs a batch (B, C, H, W), got shape {tuple(x01.shape)}")
+    b, c, h, w = x01.shape
+    nrow = nrow or math.ceil(math.sqrt(b))
+    ncol = math.ceil(b / nrow)
+    grid = torch.full((c, ncol * (h + padding) + padding, nrow * (w + padding) + padding), float(pad_value))
+    for k in range(b):
+        r, q = divmod(k, nrow)
+        top, left = padding + r * (h + padding), padding + q * (w + padding)
+        grid[:, top : top + h, left : left + w] = x01[k].detach().float().cpu().clamp(0, 1)
+    a = (grid * 255 + 0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    return a[..., 0] if c == 1 else a
+
+
+def save_image_grid(x01: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 1) -> Path:
+    """PNG grid of images in [0, 1]; ``scale`` enlarges each pixel (nearest neighbour) for tiny images."""
+    from PIL import Image
+
+    a = image_grid(x01, nrow=nrow)
+    img = Image.fromarray(a)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+def save_scatter(
+    points: torch.Tensor, path: str | Path, reference: torch.Tensor | None = None, title: str = ""
+) -> Path:
+    """Scatter plot PNG of 2-D samples (and optionally reference data in grey)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    if reference is not None:
+        r = reference.detach().cpu().reshape(reference.shape[0], -1)
+        ax.scatter(r[:, 0], r[:, 1], s=1, c="0.75", label="data")
+    p = points.detach().cpu().reshape(points.shape[0], -1)
+    ax.scatter(p[:, 0], p[:, 1], s=1, c="C0", label="samples")
+    ax.set_aspect("equal")
+    ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_npz(path: str | Path, **arrays: torch.Tensor | np.ndarray) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **{k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in arrays.items()})
+    return path
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line torn by a kill
+    return out
+
+
+def truncate_jsonl(path: str | Path, max_step: int) -> None:
+    """Drop records past ``max_step`` (written by a run killed after its last checkpoint)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= max_step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def plot_metrics(metrics: str | Path, out: str | Path) -> Path:
+    """Training loss and held-out loss against the step, from a run's ``metrics.jsonl``, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_jsonl(metrics)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key, label in (("loss", "training loss (window mean)"), ("eval_loss", "held-out loss (EMA)")):
+        pts = [(r["step"], r[key]) for r in records if key in r]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o" if key == "eval_loss" else None, ms=3, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("DSM loss")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,486 @@
+"""The training loop: denoising score matching with Adam, warm-up, clipping, EMA, held-out loss, sample grids and
+checkpoints that survive (Song et al., ICLR 2021, App. D and H).
+
+Determinism: every random draw of step ``k`` (data order aside, which :class:`DistributedSampler` fixes from
+``(seed, epoch)``) comes from a generator seeded with ``(seed, k)``: dequantization noise, flips, loss times and
+noise, all drawn for the *global* batch and split across ranks. So a run resumed from a checkpoint, or run on
+``K`` processes, sees exactly the same numbers as one uninterrupted single process; the checkpoint still carries
+the global RNG states (dropout) of torch, CUDA, numpy and python.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data.distributed import DistributedSampler
+
+from scoresde import distributed as D
+from scoresde.checkpoint import (
+    CHECKPOINT_DIR,
+    LAST,
+    CheckpointError,
+    atomic_save,
+    export_safetensors,
+    find_checkpoint,
+    load_checkpoint,
+    load_state_strict,
+    rng_state,
+    run_checkpoint,
+    set_rng_state,
+)
+from scoresde.data import ArrayDataset, BatchTransform, from_model_range, load_dataset
+from scoresde.ema import EMA
+from scoresde.io import append_jsonl, plot_metrics, save_image_grid, save_npz, save_scatter, truncate_jsonl
+from scoresde.losses import DSMLoss, get_loss
+from scoresde.score import ScoreModel
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Setup:
+    """Objects a config describes, built by the caller (the Hydra wrapper instantiates ``_target_`` nodes)."""
+
+    sde: Any
+    make_net: Callable[[tuple[int, ...]], nn.Module]
+    make_optimizer: Callable[[Any], torch.optim.Optimizer]
+    make_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None
+    config_yaml: str = ""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    checkpoint: Path | None
+    samples: Path | None = None
+    weights: Path | None = None
+    eval_loss: float | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    """The generator of every draw of one step (independent streams for each ``(seed, step)``)."""
+    s = int(np.random.SeedSequence([int(seed), int(step)]).generate_state(1, np.uint64)[0]) % (2**63)
+    return torch.Generator(device=device).manual_seed(s)
+
+
+def sampling_available() -> bool:
+    try:
+        import scoresde.sampling  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def build_score_model(cfg, setup: Setup, data_shape: tuple[int, ...]) -> ScoreModel:
+    m = cfg.model
+    return ScoreModel(setup.make_net(tuple(data_shape)), setup.sde, m.parameterization, m.time_input, m.time_scale)
+
+
+def build_loss(cfg, sde) -> DSMLoss:
+    c = cfg.loss
+    if c.name == "dsm":
+        opts = dict(
+            eps=c.eps, reduce_mean=c.reduce_mean, weighting=c.weighting, importance_sampling=c.importance_sampling
+        )
+    else:
+        opts = dict(reduce_mean=c.reduce_mean)
+    return get_loss(c.name, sde, **opts)
+
+
+class Trainer:
+    """One training run in ``run_dir``; :meth:`run` trains to ``trainer.steps`` and returns a :class:`TrainResult`."""
+
+    def __init__(self, cfg, setup: Setup, run_dir: str | Path):
+        self.cfg, self.setup, self.tc = cfg, setup, cfg.trainer
+        tc = self.tc
+        if tc.precision not in PRECISIONS:
+            raise ValueError(f"trainer.precision must be one of {sorted(PRECISIONS)}, got {tc.precision!r}")
+        if tc.num_threads:
+            torch.set_num_threads(int(tc.num_threads))
+        self.dist = D.init_distributed(tc.device)
+        self.device = self.dist.device
+        self.run_dir = Path(D.broadcast_object(str(Path(run_dir).resolve()), self.dist))
+        self.ckpt_dir = self.run_dir / CHECKPOINT_DIR
+        self.is_main = self.dist.is_main
+        world = self.dist.world_size
+        if tc.batch_size % (world * tc.grad_accum):
+            raise ValueError(
+                f"trainer.batch_size={tc.batch_size} must be divisible by world_size * grad_accum = "
+                f"{world} * {tc.grad_accum}"
+            )
+        self.local_batch = tc.batch_size // world
+
+        d = cfg.data
+        self.data: ArrayDataset = load_dataset(
+            d.kind,
+            name=d.name,
+            path=d.path,
+            key=d.key,
+            image_size=d.image_size,
+            channels=d.channels,
+            n_train=d.n_train,
+            n_test=d.n_test,
+            test_fraction=d.test_fraction,
+            seed=d.seed,
+        )
+        self.transform = BatchTransform(
+            self.data.is_image, cfg.model.centered, self.data.levels, d.dequantize, d.random_flip
+        )
+        torch.manual_seed(cfg.seed)  # same initial weights on every rank
+        self.model = build_score_model(cfg, setup, self.data.data_shape).to(self.device)
+        if tc.channels_last and self.data.is_image:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        ema_rate = cfg.model.ema_rate if cfg.model.ema_rate is not None else tc.ema_rate
+        self.ema = EMA(self.model, ema_rate)
+        self.optimizer = setup.make_optimizer(self.model.parameters())
+        self.scheduler = setup.make_scheduler(self.optimizer) if setup.make_scheduler else None
+        self.amp_dtype = PRECISIONS[tc.precision]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.precision == "fp16")
+        self.loss_fn = build_loss(cfg, setup.sde)
+        self.step = 0
+        self.resumed_from: str | None = None
+        self._stop_signal: int | None = None
+        self.history: list[dict] = []
+
+        self.train_model = self._training_view()
+        n = self.data.train.shape[0]
+        self.sampler = DistributedSampler(
+            range(n), num_replicas=world, rank=self.dist.rank, shuffle=True, seed=cfg.seed, drop_last=True
+        )
+        self.steps_per_epoch = len(self.sampler) // self.local_batch
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"trainer.batch_size={tc.batch_size} is larger than the training set ({n} examples)")
+        self._epoch, self._order = -1, None
+
+    # --- set-up ---------------------------------------------------------------------------------------------
+    def _training_view(self) -> ScoreModel:
+        """The model as the loss sees it: the same parameters, wrapped in DDP / torch.compile if asked."""
+        net = self.model.net
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+        if self.tc.compile:  # compile the DDP-wrapped module (PyTorch's recommended order)
+            net = torch.compile(net)
+        if net is self.model.net:
+            return self.model
+        m = self.model
+        return ScoreModel(net, m.sde, m.parameterization, m.time_input, m.time_scale)
+
+    def resume_source(self) -> Path | None:
+        """The run dir's own ``last.pt`` (auto-resume), else ``trainer.resume``."""
+        own = run_checkpoint(self.run_dir)
+        if own is not None:
+            return own
+        if self.tc.resume:
+            return find_checkpoint(self.tc.resume)
+        return None
+
+    def load(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        src = state["path"]
+        load_state_strict(self.model, state["model"], src, "model")
+        load_state_strict(self.ema, state["ema"], src, "EMA model")
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None and state.get("scheduler") is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise CheckpointError(f"checkpoint {src!r}: optimizer/scheduler state does not fit: {err}") from err
+        self.step = int(state["step"])
+        if "rng" in state:
+            set_rng_state(state["rng"])
+        self.resumed_from = src
+
+    def state_dict(self) -> dict:
+        return {
+            "format": "scoresde-checkpoint-1",
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "step": self.step,
+            "rng": rng_state(),
+            "config": self.setup.config_yaml,
+            "data_shape": list(self.data.data_shape),
+            "world_size": self.dist.world_size,
+        }
+
+    # --- one step ---------------------------------------------------------------------------------------------
+    def _batch_indices(self, step: int) -> torch.Tensor:
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self.sampler.set_epoch(epoch)
+            self._order = torch.tensor(list(iter(self.sampler)), dtype=torch.long)
+            self._epoch = epoch
+        return self._order[pos * self.local_batch : (pos + 1) * self.local_batch]
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def train_step(self, step: int) -> torch.Tensor:
+        """One optimizer step; returns the (local, detached) batch loss."""
+        world, rank = self.dist.world_size, self.dist.rank
+        x = self.data.train[self._batch_indices(step)].to(self.device)
+        shape = (self.tc.batch_size, *self.data.data_shape)
+        gen = step_generator(self.cfg.seed, step, self.device)
+        mine = slice(rank, None, world)  # DistributedSampler deals the global batch round-robin
+        aug = self.transform.draw(shape, gen, self.device).select(mine)
+        draws = self.loss_fn.draw(shape, gen, self.device, x.dtype).select(mine)
+        x = self.transform.apply(x, aug)
+        if self.tc.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        self.optimizer.zero_grad(set_to_none=True)
+        accum = self.tc.grad_accum
+        micro = self.local_batch // accum
+        total = torch.zeros((), device=self.device)
+        for k in range(accum):
+            part = slice(k * micro, (k + 1) * micro)
+            sync = k == accum - 1 or not self.dist.enabled
+            ctx = contextlib.nullcontext() if sync else self.train_model.net.no_sync()
+            with ctx:
+                with self._autocast():
+                    per = self.loss_fn.per_example(self.train_model, x[part], draws.select(part))
+                loss = per.sum() / self.local_batch
+                self.scaler.scale(loss).backward()
+            total = total + loss.detach()
+        if self.cfg.optim.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.ema.update(self.model)
+        return total
+
+    # --- evaluation -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def held_out_loss(self) -> float:
+        """Mean loss of the EMA model on the test split, with the same fixed draws every time."""
+        test = self.data.test[: self.tc.eval_examples].to(self.device)
+        x = self.transform.evaluation(test)
+        gen = torch.Generator(device=self.device).manual_seed(12345)
+        draws = self.loss_fn.draw(x.shape, gen, self.device, x.dtype)
+        total = 0.0
+        for i in range(0, x.shape[0], self.local_batch):
+            part = slice(i, i + self.local_batch)
+            total += float(self.loss_fn.per_example(self.ema.module, x[part], draws.select(part)).sum())
+        return total / x.shape[0]
+
+    @torch.no_grad()
+    def sample(self, tag: str) -> Path:
+        """Samples of the EMA model from a fixed seed: a PNG grid (images) or scatter (points) + an .npz."""
+        from scoresde.sampling import get_sampler  # lazily: sampling is optional for training itself
+
+        sampler = get_sampler(self.tc.sampler, **dict(self.tc.sampler_options or {}))
+        shape = (self.tc.sample_n, *self.data.data_shape)
+        gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 2024)
+        res = sampler(self.setup.sde, self.ema.module, shape, generator=gen, device=self.device)
+        x = res.samples.float()
+        out = self.run_dir / "samples"
+        save_npz(out / f"{tag}.npz", samples=x.cpu())
+        if self.data.is_image:
+            scale = max(1, 64 // x.shape[-1])  # tiny images (digits 8x8) are enlarged for viewing
+            png = save_image_grid(from_model_range(x, self.cfg.model.centered), out / f"{tag}.png", scale=scale)
+        else:
+            png = save_scatter(x, out / f"{tag}.png", reference=self.data.test, title=f"{tag} ({res.nfe} NFE)")
+        return png
+
+    # --- the loop ---------------------------------------------------------------------------------------------
+    def save(self) -> Path:
+        state = self.state_dict()
+        path = atomic_save(state, self.ckpt_dir / LAST)
+        if self.tc.keep_every and self.step % self.tc.keep_every == 0:
+            atomic_save(state, self.ckpt_dir / f"step_{self.step:08d}.pt")
+        return path
+
+    def _log(self, record: dict, writer) -> None:
+        self.history.append(record)
+        append_jsonl(self.run_dir / "metrics.jsonl", record)
+        if writer is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, int | float):
+                    writer.add_scalar(k, v, record["step"])
+
+    def _tensorboard(self):
+        if not (self.tc.tensorboard and self.is_main):
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return None
+        return SummaryWriter(str(self.run_dir / "tb"))
+
+    def _on_signal(self, signum, frame) -> None:
+        self._stop_signal = signum
+
+    def _stop_requested(self) -> bool:
+        """Whether any rank got SIGTERM / SIGUSR1 (pre-emption): checked at log steps, on every rank alike."""
+        flag = torch.tensor(float(self._stop_signal is not None), device=self.device)
+        return float(D.all_reduce_sum(flag, self.dist)) > 0
+
+    def _check_finite(self, bad: torch.Tensor, since: int) -> None:
+        bad = D.all_reduce_sum(bad.float(), self.dist)
+        if float(bad) > 0:
+            last = self.ckpt_dir / LAST
+            kept = f"the last good checkpoint {str(last)!r} is kept" if last.exists() else "no checkpoint was written"
+            raise NonFiniteLossError(
+                f"loss became NaN or infinite between steps {since} and {self.step}; stopping ({kept}). "
+                "Lower optim.optimizer.lr, enable optim.grad_clip or check the data."
+            )
+
+    def run(self) -> TrainResult:
+        tc = self.tc
+        src = self.resume_source()
+        if src is not None:
+            self.load(src)
+        can_sample = sampling_available()
+        if not can_sample and self.is_main and (tc.sample_n > 0 or tc.sample_every):
+            print("[scoresde] scoresde.sampling is not installed: no sample grids", flush=True)
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(self.setup.config_yaml)
+            truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
+            for stale in self.ckpt_dir.glob("*.tmp"):
+                stale.unlink()
+            msg = f"resumed from {self.resumed_from} at step {self.step}" if self.resumed_from else "starting"
+            print(
+                f"[scoresde] {msg}; run dir {self.run_dir}; data {self.data}; "
+                f"{sum(p.numel() for p in self.model.parameters()):,} parameters; device {self.device}"
+                + (f" x {self.dist.world_size} processes" if self.dist.enabled else ""),
+                flush=True,
+            )
+        old_handlers = {}
+        with contextlib.suppress(ValueError):  # not the main thread: no handlers
+            for s in (signal.SIGTERM, signal.SIGUSR1):
+                old_handlers[s] = signal.signal(s, self._on_signal)
+        writer = self._tensorboard()
+        bar = None
+        if self.is_main and tc.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=tc.steps, initial=self.step, desc="train", dynamic_ncols=True)
+        self.model.train()
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        window = torch.zeros((), device=self.device)
+        last_check, t0, n0 = self.step, time.perf_counter(), self.step
+        eval_loss = None
+        try:
+            while self.step < tc.steps:
+                loss = self.train_step(self.step)
+                bad |= ~torch.isfinite(loss)
+                window += loss
+                self.step += 1
+                if bar is not None:
+                    bar.update(1)
+                end = self.step == tc.steps
+                log_now = self.step % tc.log_every == 0 or end
+                stop = log_now and self._stop_requested()
+                eval_now = (tc.eval_every and self.step % tc.eval_every == 0) or end
+                ckpt_now = self.step % tc.ckpt_every == 0 or end or stop
+                if log_now or eval_now or ckpt_now:
+                    self._check_finite(bad, last_check)
+                    last_check = self.step
+                if log_now:
+                    n = self.step - n0
+                    mean = float(D.all_reduce_sum(window, self.dist)) / max(n, 1) / self.dist.world_size
+                    rate = n / (time.perf_counter() - t0)
+                    record = {"step": self.step, "loss": mean, "it_s": rate}
+                    if self.scheduler is not None:
+                        record["lr"] = self.optimizer.param_groups[0]["lr"]
+                    if eval_now and self.is_main:
+                        eval_loss = self.held_out_loss()
+                        record["eval_loss"] = eval_loss
+                    if self.is_main:
+                        self._log(record, writer)
+                        if bar is not None:
+                            held = {} if eval_loss is None else {"eval": f"{eval_loss:.4f}"}  # the latest
+                            bar.set_postfix(loss=f"{mean:.4f}", **held)
+                    window.zero_()
+                    t0, n0 = time.perf_counter(), self.step
+                elif eval_now and self.is_main:
+                    eval_loss = self.held_out_loss()
+                    self._log({"step": self.step, "eval_loss": eval_loss}, writer)
+                if can_sample and tc.sample_every and self.step % tc.sample_every == 0 and self.is_main and not end:
+                    self.sample(f"step_{self.step:08d}")
+                if ckpt_now and self.is_main:
+                    self.save()
+                if ckpt_now:
+                    D.barrier(self.dist)
+                if stop:
+                    if self.is_main:
+                        print(f"[scoresde] pre-empted: checkpoint at step {self.step}, exiting (resume to continue)")
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+            if writer is not None:
+                writer.close()
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+        result = TrainResult(self.run_dir, self.step, run_checkpoint(self.run_dir), eval_loss=eval_loss)
+        result.history = self.history
+        if self.is_main and self.step >= tc.steps:
+            if tc.sample_n > 0 and can_sample:
+                result.samples = self.sample("final")
+            if tc.export:
+                result.weights = self.export(self.run_dir / "ema.safetensors")
+            if (self.run_dir / "metrics.jsonl").exists():
+                plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "metrics.png")
+            self._summary(result)
+        D.barrier(self.dist)
+        return result
+
+    def export(self, path: Path) -> Path:
+        """EMA weights of the network as safetensors; the config and data shape travel in the metadata."""
+        meta = {
+            "format": "scoresde-ema-1",
+            "config": self.setup.config_yaml,
+            "data_shape": json.dumps(list(self.data.data_shape)),
+            "step": str(self.step),
+        }
+        return export_safetensors(self.ema.module, path, meta)
+
+    def _summary(self, r: TrainResult) -> None:
+        lines = [f"[scoresde] done: {r.step} steps in {self.run_dir}"]
+        if r.eval_loss is not None and math.isfinite(r.eval_loss):
+            lines.append(f"  held-out loss (EMA): {r.eval_loss:.4f}")
+        for name, p in (("checkpoint", r.checkpoint), ("samples", r.samples), ("EMA weights", r.weights)):
+            if p is not None:
+                lines.append(f"  {name}: {p}")
+        print("\n".join(lines), flush=True)
+
+
+def fit(cfg, setup: Setup, run_dir: str | Path) -> TrainResult:
+    """Train (or resume) a score model as ``cfg`` says, writing everything under ``run_dir``."""
+    threads = torch.get_num_threads()
+    trainer = None
+    try:
+        trainer = Trainer(cfg, setup, run_dir)
+        return trainer.run()
+    finally:
+        torch.set_num_threads(threads)  # trainer.num_threads is for this run only
+        if trainer is not None:
+            D.cleanup(trainer.dist)

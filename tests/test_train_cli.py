@@ -1,0 +1,409 @@
+"""End-to-end training from the command line on CPU: a small MLP on a 2-D toy set, resume after SIGKILL (bitwise),
+and clear errors for bad input that leave every file untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A small, fast toy job (about 40k parameters); every test adds its own steps / checkpoint cadence.
+TOY = [
+    "data=toy",
+    "data.name=two_moons",
+    "model=mlp",
+    "model.net.hidden=64",
+    "model.net.depth=2",
+    "model.net.embed_dim=32",
+    "trainer.batch_size=64",
+    "trainer.progress=false",
+    "trainer.num_threads=1",
+    "trainer.sample_n=0",
+    "trainer.export=false",
+    "trainer.eval_every=0",
+    "trainer.log_every=20",
+    "trainer.tensorboard=false",
+    "optim.scheduler.lr_lambda.warmup=20",
+    "optim.optimizer.lr=2e-3",
+]
+
+
+def cli(run_dir: Path, *overrides: str, nproc: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python train.py`` (or ``torchrun``) with the run directory fixed; returns the finished process."""
+    return subprocess.run(
+        command(run_dir, *overrides, nproc=nproc), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def command(run_dir: Path, *overrides: str, nproc: int = 1) -> list[str]:
+    head = [sys.executable]
+    if nproc > 1:
+        head += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return [*head, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", *overrides]
+
+
+def _env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), HYDRA_FULL_ERROR="0")
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint (model, EMA, optimizer state), flattened to 'section/key' names."""
+    state = torch.load(path, weights_only=True)
+    out = {}
+    for section in ("model", "ema"):
+        out.update({f"{section}/{k}": v for k, v in state[section].items() if isinstance(v, torch.Tensor)})
+    for idx, s in state["optimizer"]["state"].items():
+        out.update({f"optim/{idx}/{k}": v for k, v in s.items() if isinstance(v, torch.Tensor)})
+    out["step"] = torch.tensor(state["step"])
+    return out
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def needs_sampling():
+    try:
+        import scoresde.sampling  # noqa: F401
+    except ImportError:
+        pytest.skip("needs scoresde.sampling")
+
+
+def mmd(x: torch.Tensor, y: torch.Tensor, bandwidth: float = 0.3) -> float:
+    """Squared maximum mean discrepancy with a Gaussian kernel (Gretton et al. 2012), biased V-statistic."""
+    x, y = x.double(), y.double()
+
+    def k(a, b):
+        return torch.exp(-(torch.cdist(a, b) ** 2) / (2 * bandwidth**2))
+
+    return float(k(x, x).mean() + k(y, y).mean() - 2 * k(x, y).mean())
+
+
+def test_toy_end_to_end_samples_match_data(tmp_path):
+    """Train from the CLI, sample 1000 points (EMA weights), compare with the data by a two-sample MMD.
+
+    Reference: the same statistic between independent true samples of 1000 (10 pairs; it ranges over about
+    0.001-0.003). A Gaussian with the data's mean and covariance scores ~0.02, a half-trained model ~0.01.
+    """
+    needs_sampling()
+    from scoresde.data import sample_toy
+
+    run = tmp_path / "run"
+    p = cli(
+        run,
+        *TOY,
+        "model.net.hidden=128",
+        "trainer.batch_size=128",
+        "trainer.steps=3000",
+        "trainer.ckpt_every=1000",
+        "trainer.eval_every=1000",
+        "trainer.sample_n=1000",
+        "trainer.sampler=euler_maruyama",
+        "trainer.sampler_options.steps=200",
+        "trainer.export=true",
+        "optim.scheduler.lr_lambda.warmup=100",
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    samples = torch.from_numpy(np.load(run / "samples" / "final.npz")["samples"])
+    assert samples.shape == (1000, 2) and torch.isfinite(samples).all()
+    data = [sample_toy("two_moons", 1000, torch.Generator().manual_seed(100 + k)) for k in range(11)]
+    null = max(mmd(data[0], d) for d in data[1:])
+    stat = mmd(samples, data[0])
+    chol = torch.linalg.cholesky(torch.cov(data[1].T))
+    gauss = data[1].mean(0) + torch.randn(1000, 2, generator=torch.Generator().manual_seed(7)) @ chol.T
+    assert mmd(gauss, data[0]) > 2 * null  # the test has power
+    assert stat < 2 * null, (stat, null)
+    assert (run / "samples" / "final.png").exists() and (run / "ema.safetensors").exists()
+    assert "done: 3000 steps" in p.stdout
+    records = [r for r in map(eval_json, (run / "metrics.jsonl").read_text().splitlines()) if "eval_loss" in r]
+    assert [r["step"] for r in records] == [1000, 2000, 3000]
+    assert records[-1]["eval_loss"] < records[0]["eval_loss"] + 0.01
+
+
+def eval_json(line: str) -> dict:
+    import json
+
+    return json.loads(line)
+
+
+def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
+    """Kill a run with SIGKILL at a random moment after its first checkpoint, resume it, and compare every tensor
+    of the final checkpoint with an uninterrupted run: they must be bitwise equal."""
+    args = [*TOY, "trainer.steps=400", "trainer.ckpt_every=10", "trainer.eval_every=100"]
+    ref = tmp_path / "reference"
+    p = cli(ref, *args)
+    assert p.returncode == 0, p.stderr[-3000:]
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(command(run, *args), cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    last = run / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(random.Random(os.getpid()).uniform(0.0, 0.3))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed; make it longer"
+    killed_at = torch.load(last, weights_only=True)["step"]
+    assert 0 < killed_at < 400
+
+    p = cli(run, *args)  # auto-resume from the run directory's own checkpoint
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert f"resumed from {last}" in p.stdout and f"at step {killed_at}" in p.stdout
+    a, b = checkpoint_tensors(ref / "checkpoints" / "last.pt"), checkpoint_tensors(last)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume from step {killed_at}"
+    # the metrics of the killed run past its checkpoint were dropped: one record per step, no duplicates
+    steps = [eval_json(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))
+
+    # pre-emption (SIGTERM, as SLURM sends): checkpoint at the next log step, exit cleanly, resume exactly
+    run = tmp_path / "terminated"
+    proc = subprocess.Popen(command(run, *args), cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    last = run / "checkpoints" / "last.pt"
+    while not last.exists() and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and b"pre-empted: checkpoint at step" in out
+    stopped_at = torch.load(last, weights_only=True)["step"]
+    assert stopped_at < 400 and stopped_at % 20 == 0  # a log step
+    assert cli(run, *args).returncode == 0
+    b = checkpoint_tensors(last)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def compose_cfg(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
+        return compose("train", overrides=list(overrides))
+
+
+def train_in_process(run_dir: Path, *overrides: str):
+    """``train(cfg, run_dir)`` in this process (faster than the CLI; same code below the Hydra wrapper)."""
+    import train as script
+
+    return script.train(compose_cfg(*TOY, *overrides), run_dir)
+
+
+def test_resume_extends_a_finished_run(tmp_path):
+    """Resuming a finished run with more steps continues it; the same as training for the total at once."""
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    train_in_process(ref, "trainer.steps=60", "trainer.ckpt_every=20")
+    train_in_process(run, "trainer.steps=40", "trainer.ckpt_every=20")
+    res = train_in_process(run, "trainer.steps=60", "trainer.ckpt_every=20")
+    assert res.step == 60
+    a, b = checkpoint_tensors(ref / "checkpoints" / "last.pt"), checkpoint_tensors(run / "checkpoints" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_from_another_run_directory(tmp_path):
+    """trainer.resume=<file> continues that run in a new directory; the original is left untouched."""
+    a, b, ref = tmp_path / "a", tmp_path / "b", tmp_path / "ref"
+    train_in_process(a, "trainer.steps=20", "trainer.ckpt_every=20")
+    before = digest(a / "checkpoints" / "last.pt")
+    train_in_process(b, "trainer.steps=40", "trainer.ckpt_every=20", f"trainer.resume={a / 'checkpoints' / 'last.pt'}")
+    train_in_process(ref, "trainer.steps=40", "trainer.ckpt_every=20")
+    assert digest(a / "checkpoints" / "last.pt") == before
+    x, y = checkpoint_tensors(ref / "checkpoints" / "last.pt"), checkpoint_tensors(b / "checkpoints" / "last.pt")
+    assert all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_load_trained_from_checkpoint_run_dir_and_export(tmp_path):
+    """Periodic samples are written; the EMA model comes back from the run directory, the checkpoint and
+    ema.safetensors alike."""
+    import train as script
+
+    run = tmp_path / "run"
+    train_in_process(
+        run,
+        "trainer.steps=10",
+        "trainer.ckpt_every=10",
+        "trainer.export=true",
+        "trainer.sample_every=5",
+        "trainer.sample_n=8",
+        "trainer.sampler_options.steps=5",
+    )
+    # periodic and final sample plots of the EMA model
+    assert {p.name for p in (run / "samples").iterdir()} == {
+        f"{tag}.{ext}" for tag in ("step_00000005", "final") for ext in ("png", "npz")
+    }
+    ema = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["ema"]
+    x, t = torch.randn(5, 2), torch.rand(5)
+    outs = []
+    for source in (run, run / "checkpoints" / "last.pt", run / "ema.safetensors"):
+        model, sde, cfg = script.load_trained(source)
+        assert cfg.data.name == "two_moons" and type(sde).__name__ == "VPSDE"
+        assert all(torch.equal(v, ema[f"module.{k}"]) for k, v in model.state_dict().items())
+        with torch.no_grad():
+            outs.append(model(x, t))
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+    raw, _, _ = script.load_trained(run, use_ema=False)
+    model_state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(v, model_state[k]) for k, v in raw.state_dict().items())
+
+
+# --- clear errors that change nothing -------------------------------------------------------------------------
+def _snapshot(d: Path) -> dict[str, str]:
+    return {str(p.relative_to(d)): digest(p) for p in sorted(d.rglob("*")) if p.is_file()} if d.exists() else {}
+
+
+def test_bad_override_is_refused_by_the_cli(tmp_path):
+    run = tmp_path / "run"
+    p = cli(run, *TOY, "trainer.steps=abc", timeout=120)
+    assert p.returncode != 0
+    assert "trainer.steps" in p.stderr and "abc" in p.stderr
+    assert not run.exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.steps=abc", "trainer.steps"),
+        ("+trainer.stepz=3", "stepz"),
+        ("trainer.stepz=3", "stepz"),
+        ("data=nope", "data/nope"),
+        ("trainer.precision=fp8", "precision"),
+        ("model.parameterization=nope", "parameterization"),
+    ],
+)
+def test_bad_override_is_refused(tmp_path, override, message):
+    run = tmp_path / "run"
+    with pytest.raises(Exception, match=message):
+        train_in_process(run, "trainer.steps=5", override)
+    assert not (run / "checkpoints").exists()
+
+
+def test_schema_refuses_unknown_keys_and_types():
+    from omegaconf import OmegaConf
+
+    import train as script
+
+    cfg = OmegaConf.create(OmegaConf.to_container(compose_cfg(*TOY)))  # untyped, as a hand-written config
+    cfg.trainer.batch_size = "many"
+    with pytest.raises(script.ConfigError, match="trainer.batch_size"):
+        script.validate(cfg)
+    cfg = OmegaConf.create(OmegaConf.to_container(compose_cfg(*TOY)))
+    cfg.loss.weighting_typo = 1
+    with pytest.raises(script.ConfigError, match="weighting_typo"):
+        script.validate(cfg)
+
+
+def test_missing_data_path_is_named(tmp_path):
+    from scoresde.data import DataError
+
+    missing = tmp_path / "nowhere.npz"
+    with pytest.raises(DataError, match=f"{missing}.*does not exist"):
+        train_in_process(tmp_path / "run", "data=npz", f"data.path={missing}", "trainer.steps=5")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_corrupted_and_foreign_checkpoints_are_refused(tmp_path):
+    from scoresde.checkpoint import CheckpointError
+
+    base = tmp_path / "base"
+    train_in_process(base, "trainer.steps=10", "trainer.ckpt_every=10")
+    ckpt = base / "checkpoints" / "last.pt"
+
+    # a checkpoint of another architecture (hidden 32 instead of 64)
+    before = _snapshot(base)
+    other = tmp_path / "other"
+    with pytest.raises(CheckpointError, match=f"{ckpt}.*another architecture.*shape mismatches"):
+        train_in_process(other, "model.net.hidden=32", "trainer.steps=20", f"trainer.resume={base}")
+    assert _snapshot(base) == before and not (other / "checkpoints").exists()
+
+    # a truncated checkpoint, given as a file
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    before = digest(broken)
+    with pytest.raises(CheckpointError, match=f"{broken}.*unreadable"):
+        train_in_process(tmp_path / "r2", "trainer.steps=20", f"trainer.resume={broken}")
+    assert digest(broken) == before and not (tmp_path / "r2" / "checkpoints").exists()
+
+    # a run directory whose own last.pt is corrupted: auto-resume refuses it and leaves it alone
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        train_in_process(base, "trainer.steps=20")
+    assert ckpt.read_bytes() == b"not a checkpoint"
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    """One NaN point in the data: the run stops with a clear error; last.pt holds finite weights from before."""
+    from scoresde.training import NonFiniteLossError
+
+    x = np.random.default_rng(0).normal(size=(200, 2)).astype(np.float32)
+    x[123] = np.nan
+    data = tmp_path / "points.npz"
+    np.savez(data, x=x)
+    run = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match="NaN or infinite.*last good checkpoint"):
+        train_in_process(run, "data=npz", f"data.path={data}", "trainer.steps=50", "trainer.ckpt_every=1")
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert 0 < state["step"] < 50
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_run_dirs_do_not_collide():
+    """Default run directories carry microseconds, so two runs started in the same second get different ones."""
+    from omegaconf import OmegaConf
+
+    conf = OmegaConf.load(ROOT / "conf" / "train.yaml")
+    assert conf.hydra.run._get_node("dir")._value().endswith("%H-%M-%S.%f}")
+
+
+def test_speed_knobs_keep_results(tmp_path):
+    """Gradient accumulation (2 micro-batches) gives the same training as one batch, up to float rounding;
+    channels_last and bf16 autocast run (on CPU) and train to a finite loss."""
+    args = ["data=digits", "trainer.steps=4", "trainer.ckpt_every=4", "trainer.batch_size=32"]
+    train_in_process(tmp_path / "a", *args)
+    train_in_process(tmp_path / "b", *args, "trainer.grad_accum=2")
+    a = checkpoint_tensors(tmp_path / "a" / "checkpoints" / "last.pt")
+    b = checkpoint_tensors(tmp_path / "b" / "checkpoints" / "last.pt")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    res = train_in_process(tmp_path / "c", *args, "trainer.channels_last=true", "trainer.precision=bf16")
+    assert res.step == 4 and math.isfinite(res.history[-1]["loss"])
+
+
+@pytest.mark.parametrize("group", ["model", "data", "sde", "optim", "trainer"])
+def test_every_preset_fits_the_schema(group):
+    """Each option of each config group composes and validates (without building anything)."""
+    import train as script
+
+    names = sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+    assert names
+    for name in names:
+        extra = ["data.path=/some/where"] if group == "data" else []
+        cfg = script.validate(compose_cfg(f"{group}={name}", *extra))
+        assert cfg.trainer.steps > 0
+
+
+def test_slurm_launcher_config_composes():
+    """hydra/launcher=slurm fits hydra-submitit-launcher's schema (when the optional plugin is installed)."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_dir
+
+    import train  # noqa: F401  (registers the schema)
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
+        cfg = compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.additional_parameters.requeue is True and launcher.max_num_timeout > 0
