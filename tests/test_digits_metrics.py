@@ -71,7 +71,9 @@ def test_split_is_fixed_stratified_and_in_unit_range(split):
     # same call, same split; the two parts are disjoint images of the data set
     again = dm.digits_split()
     assert torch.equal(again.test_images, split.test_images) and torch.equal(again.train_labels, split.train_labels)
-    train_idx, test_idx = dm._split_indices(0.2, 0)
+    from scoresde.data.digits import _split_indices
+
+    train_idx, test_idx = _split_indices(0.2, 0)
     assert not set(train_idx) & set(test_idx) and len(set(train_idx) | set(test_idx)) == 1797
     other = dm.digits_split(seed=1)
     assert not torch.equal(other.test_images, split.test_images)

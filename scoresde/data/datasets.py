@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from scoresde.data.digits import digits_split
 from scoresde.data.toy import TOY_DATASETS, sample_toy
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -103,12 +104,11 @@ def load_toy(name: str, n_train: int = 10_000, n_test: int = 2_000, seed: int = 
     return ArrayDataset(train.float(), test.float(), f"toy/{name}", is_image=False)
 
 
-def load_digits(image_size: int | None = 16, test_fraction: float = 0.1, seed: int = 0) -> ArrayDataset:
-    """scikit-learn's 1,797 8x8 digits (values 0..16, bundled with scikit-learn), optionally resized."""
-    from sklearn.datasets import load_digits as sk_digits
-
-    x = torch.from_numpy(sk_digits().images).float()[:, None] / 16
-    train, test = _split(_resize(x, image_size), test_fraction, seed)
+def load_digits(image_size: int | None = 16, test_fraction: float = 0.2, seed: int = 0) -> ArrayDataset:
+    """scikit-learn's 1,797 8x8 digits (values 0..16, bundled with scikit-learn), optionally resized; the split is
+    :func:`scoresde.data.digits.digits_split`, the one the digits metrics' classifier is trained on."""
+    split = digits_split(test_fraction, seed)
+    train, test = _resize(split.train_images, image_size), _resize(split.test_images, image_size)
     return ArrayDataset(train, test, "digits", is_image=True, levels=17)
 
 
