@@ -5,9 +5,9 @@ set -uo pipefail
 out="${OUT:-/tmp/gpu_out}"; mkdir -p "$out"
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:.
+    export PYTHONPATH=/tmp/site:$PWD
 else
-    export PYTHONPATH=.
+    export PYTHONPATH=$PWD
 fi
 export PYTHONUNBUFFERED=1
 [ -d .shared ] && [ ! -e ../shared ] && cp -r .shared ../shared

@@ -55,7 +55,8 @@ def command(run_dir: Path, *overrides: str, nproc: int = 1) -> list[str]:
 
 
 def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), HYDRA_FULL_ERROR="0")
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path, HYDRA_FULL_ERROR="0")
     env.pop("RANK", None)
     env.pop("WORLD_SIZE", None)
     return env
