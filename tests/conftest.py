@@ -40,3 +40,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_distributed_env():
+    """A test must not leave torchrun's variables behind: later in-process runs would join a process group."""
+    import os
+
+    before = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    yield
+    after = {k: os.environ.get(k) for k in before}
+    assert after == before, f"test leaked distributed environment variables: {before} -> {after}"

@@ -44,13 +44,16 @@ def test_slurm_tasks_give_rank_and_world_size(monkeypatch):
     """Under srun without torchrun, rank / world size / local rank come from SLURM's variables."""
     from scoresde import distributed as D
 
+    # The library writes RANK / WORLD_SIZE / LOCAL_RANK into os.environ; register them with monkeypatch first so
+    # that teardown removes them (otherwise later in-process tests would believe they run as rank 3 of 4).
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(k, raising=False)
+        monkeypatch.setenv(k, "unset")
+        monkeypatch.delenv(k)
     monkeypatch.setenv("SLURM_PROCID", "3")
     monkeypatch.setenv("SLURM_NTASKS", "4")
     monkeypatch.setenv("SLURM_LOCALID", "1")
     assert (D.env_rank(), D.env_world_size(), os.environ["LOCAL_RANK"]) == (3, 4, "1")
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(k, raising=False)
+        os.environ.pop(k, None)
     monkeypatch.setenv("SLURM_NTASKS", "1")  # a single task: not distributed
     assert (D.env_rank(), D.env_world_size()) == (0, 1)
