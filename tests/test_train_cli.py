@@ -246,7 +246,7 @@ def test_load_trained_from_checkpoint_run_dir_and_export(tmp_path):
     assert {p.name for p in (run / "samples").iterdir()} == {
         f"{tag}.{ext}" for tag in ("step_00000005", "final") for ext in ("png", "npz")
     }
-    ema = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["ema"]
+    ema = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["ema"]
     x, t = torch.randn(5, 2), torch.rand(5)
     outs = []
     for source in (run, run / "checkpoints" / "last.pt", run / "ema.safetensors"):
