@@ -105,6 +105,7 @@ def load_trained(path: str | Path, use_ema: bool = True) -> tuple[ScoreModel, An
     setup = build_setup(cfg)
     model = build_score_model(cfg, setup, tuple(shape))
     load_state_strict(model, state, source, "EMA model" if use_ema else "model")
+    model.data_shape = tuple(shape)  # the shape of one sample, for samplers
     return model.eval(), setup.sde, cfg
 
 

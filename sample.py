@@ -1,0 +1,103 @@
+"""Sample from a trained score model: ``python sample.py sampler=pc ckpt=PATH n=64 seed=0``.
+
+A thin Hydra wrapper around :func:`scoresde.generate.generate`: it loads a scoresde run directory, checkpoint
+or ``ema.safetensors`` (through :func:`train.load_trained`) or a reference score_sde_pytorch ``checkpoint_*.pth``
+(through :func:`scoresde.nets.load_official_checkpoint`), builds the sampler from ``conf/sampler/<name>.yaml``
+and writes ``samples.npz`` and ``samples.png`` into the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from scoresde.checkpoint import CheckpointError
+from scoresde.generate import generate, save_samples
+from scoresde.sampling import sampler_from_config
+
+
+@dataclass
+class Loaded:
+    score_model: Any
+    sde: Any
+    data_shape: tuple[int, ...]
+    to_unit: Any  # model space -> [0, 1] for images; None for low-dimensional data
+
+
+def _is_official(path: Path) -> bool:
+    if path.is_dir() or path.suffix == ".safetensors":
+        return False
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # unreadable files are reported by the loader that owns the format
+        return False
+    return (
+        isinstance(ckpt, dict)
+        and {"model", "ema", "optimizer", "step"} <= set(ckpt)
+        and isinstance(ckpt.get("ema"), dict)
+        and "shadow_params" in ckpt["ema"]
+    )
+
+
+def load_model(ckpt: str | Path, official_config: str | None = None, use_ema: bool = True) -> Loaded:
+    """A score model from any checkpoint this toolkit reads (see the module docstring)."""
+    path = Path(ckpt).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"ckpt={str(ckpt)!r} does not exist (a run directory, checkpoint or .safetensors)")
+    if _is_official(path):
+        from scoresde.nets import load_official_checkpoint
+
+        config = official_config
+        if config is None:
+            beside = path.parent / "config.json"
+            if not beside.exists():
+                raise CheckpointError(
+                    f"{str(path)!r} is a reference score_sde_pytorch checkpoint: name its config with "
+                    "official_config=<published name, e.g. ve/cifar10_ncsnpp_continuous> or a config.json path"
+                )
+            config = str(beside)
+        m = load_official_checkpoint(path, config, use_ema=use_ema)
+        return Loaded(m.score_model, m.sde, tuple(m.data_shape), m.to_unit_interval)
+    from scoresde.data import from_model_range
+    from train import load_trained
+
+    model, sde, cfg = load_trained(path, use_ema=use_ema)
+    shape = tuple(model.data_shape)
+    centered = bool(cfg.model.centered)
+    to_unit = (lambda x: from_model_range(x, centered)) if len(shape) == 3 else None
+    return Loaded(model, sde, shape, to_unit)
+
+
+def sample(cfg: DictConfig, out_dir: str | Path) -> dict[str, Path]:
+    """Plain entry point: load, sample, write; returns the written paths."""
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    loaded = load_model(cfg.ckpt, cfg.official_config, cfg.use_ema)
+    model = loaded.score_model.to(device).eval()
+    sampler = sampler_from_config(OmegaConf.to_container(cfg.sampler, resolve=True))
+    res = generate(model, loaded.sde, loaded.data_shape, int(cfg.n), sampler, seed=int(cfg.seed),
+                   first=int(cfg.first), batch_size=int(cfg.batch_size), device=device,
+                   progress=cfg.progress)  # fmt: skip
+    paths = save_samples(out_dir, res, loaded.to_unit)
+    info = {"ckpt": str(cfg.ckpt), "n": int(cfg.n), "seed": int(cfg.seed), "first": int(cfg.first),
+            "nfe_per_sample": res.nfe, "sampler": OmegaConf.to_container(cfg.sampler, resolve=True)}  # fmt: skip
+    (Path(out_dir) / "sample.json").write_text(json.dumps(info, indent=2))
+    print(f"[scoresde] {cfg.n} samples ({res.nfe} score evaluations each) -> {', '.join(map(str, paths.values()))}")
+    return paths
+
+
+@hydra.main(config_path="conf", config_name="sample", version_base=None)
+def main(cfg: DictConfig) -> None:
+    sample(cfg, cfg.out or HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()
