@@ -29,6 +29,8 @@ class Loaded:
     sde: Any
     data_shape: tuple[int, ...]
     to_unit: Any  # model space -> [0, 1] for images; None for low-dimensional data
+    centered: bool  # images in [-1, 1] (True) or [0, 1] (False) in the model's space
+    config: Any = None  # the training config of a scoresde run (None for reference checkpoints)
 
 
 def _is_official(path: Path) -> bool:
@@ -64,7 +66,7 @@ def load_model(ckpt: str | Path, official_config: str | None = None, use_ema: bo
                 )
             config = str(beside)
         m = load_official_checkpoint(path, config, use_ema=use_ema)
-        return Loaded(m.score_model, m.sde, tuple(m.data_shape), m.to_unit_interval)
+        return Loaded(m.score_model, m.sde, tuple(m.data_shape), m.to_unit_interval, bool(m.centered))
     from scoresde.data import from_model_range
     from train import load_trained
 
@@ -72,7 +74,7 @@ def load_model(ckpt: str | Path, official_config: str | None = None, use_ema: bo
     shape = tuple(model.data_shape)
     centered = bool(cfg.model.centered)
     to_unit = (lambda x: from_model_range(x, centered)) if len(shape) == 3 else None
-    return Loaded(model, sde, shape, to_unit)
+    return Loaded(model, sde, shape, to_unit, centered, cfg)
 
 
 def sample(cfg: DictConfig, out_dir: str | Path) -> dict[str, Path]:

@@ -229,7 +229,7 @@ def log_likelihood(
 
 
 # --- bits per dimension ---------------------------------------------------------------------------------------
-def dequantization_offset(bits: int = 8, data_range: tuple[float, float] = (0.0, 1.0)) -> float:
+def dequantization_offset(bits: float = 8, data_range: tuple[float, float] = (0.0, 1.0)) -> float:
     """Per-dimension offset ``log2(2^bits / (hi - lo)) = bits - log2(hi - lo)`` of :func:`bits_per_dim`.
 
     Integer data ``k in {0, ..., 2^b - 1}^D`` is dequantized to ``u = (k + U) / 2^b`` (cells of volume
@@ -244,13 +244,20 @@ def dequantization_offset(bits: int = 8, data_range: tuple[float, float] = (0.0,
     lo, hi = (float(v) for v in data_range)
     if not hi > lo:
         raise ValueError(f"data_range must be (lo, hi) with hi > lo, got {data_range}")
-    if int(bits) != bits or bits < 1:
-        raise ValueError(f"bits must be a positive integer, got {bits}")
-    return int(bits) - math.log2(hi - lo)
+    _levels(bits)  # validates bits
+    return float(bits) - math.log2(hi - lo)
+
+
+def _levels(bits: float) -> int:
+    """``2^bits`` quantization levels; ``bits`` may be ``log2(L)`` for any integer ``L >= 2`` (digits: 17 levels)."""
+    levels = 2.0 ** float(bits)
+    if not bits > 0 or abs(levels - round(levels)) > 1e-6 * levels:
+        raise ValueError(f"bits must be log2 of an integer number of levels >= 2 (e.g. 8, or log2(17)); got {bits}")
+    return int(round(levels))
 
 
 def bits_per_dim(
-    logp: torch.Tensor, num_dims: int, bits: int = 8, data_range: tuple[float, float] = (0.0, 1.0)
+    logp: torch.Tensor, num_dims: int, bits: float = 8, data_range: tuple[float, float] = (0.0, 1.0)
 ) -> torch.Tensor:
     """Bits/dim of quantized data from the log-density ``logp`` (nats) of its dequantized, scaled version.
 
@@ -265,7 +272,7 @@ def bits_per_dim(
 
 def uniform_dequantize(
     data: torch.Tensor,
-    bits: int = 8,
+    bits: float = 8,
     data_range: tuple[float, float] = (0.0, 1.0),
     generator: Generator = None,
     dtype: torch.dtype = torch.float32,
@@ -275,7 +282,7 @@ def uniform_dequantize(
     ``data`` is either integer levels ``k`` (any integer dtype) or floats ``k / (2^bits - 1)`` in ``[0, 1]``
     (as image loaders give; the reference's ``(x * 255 + U) / 256``).
     """
-    levels = 2 ** int(bits)
+    levels = _levels(bits)
     if data.is_floating_point():
         k = torch.round(data.double() * (levels - 1))
         if (data < 0).any() or (data > 1).any() or (k - data.double() * (levels - 1)).abs().max() > 1e-3:
@@ -306,7 +313,7 @@ def dataset_bits_per_dim(
     sde,
     score_fn: ScoreFn,
     batches: Iterable,
-    bits: int = 8,
+    bits: float = 8,
     data_range: tuple[float, float] = (0.0, 1.0),
     repeats: int = 1,
     generator: Generator = None,

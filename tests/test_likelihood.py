@@ -410,3 +410,20 @@ def test_ddp_ranks_with_different_nfe_do_not_hang(tmp_path):
     out = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert out[0]["nfe"] != out[1]["nfe"]
     assert all(torch.isfinite(o["logp"]).all() for o in out)
+
+
+def test_levels_that_are_not_a_power_of_two():
+    """Digits have 17 levels (0..16): bits = log2(17). A density uniform on [lo, hi]^D gives exactly log2(17)
+    bits/dim, dequantized values fill the 17 cells of [lo, hi], and a bits value that is no log2 of an integer is
+    refused."""
+    d = 64
+    logp = torch.full((3,), -d * math.log(2.0), dtype=torch.float64)  # uniform density on [-1, 1]^64
+    bpd = bits_per_dim(logp, d, bits=math.log2(17), data_range=(-1.0, 1.0))
+    torch.testing.assert_close(bpd, torch.full((3,), math.log2(17), dtype=torch.float64))
+    k = torch.arange(17, dtype=torch.float64).repeat(50)
+    x = uniform_dequantize((k / 16)[:, None], bits=math.log2(17), data_range=(0.0, 1.0), generator=_gen(1),
+                           dtype=torch.float64)  # fmt: skip
+    cell = torch.floor(x[:, 0] * 17)
+    assert torch.equal(cell, k)
+    with pytest.raises(ValueError, match="log2 of an integer"):
+        bits_per_dim(logp, d, bits=1.5)
