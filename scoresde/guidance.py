@@ -46,7 +46,8 @@ def classifier_free_guidance(cond_score_fn: ScoreFn, uncond_score_fn: ScoreFn, w
     return guided
 
 
-def _num_classes(model) -> int:
+def num_classes_of(model) -> int:
+    """``num_classes`` of a conditional network or of the ``.net`` of a score model (its null label)."""
     for obj in (model, getattr(model, "net", None)):
         n = getattr(obj, "num_classes", None)
         if n is not None:
@@ -61,7 +62,7 @@ def cfg_score_fn(model: Callable[..., torch.Tensor], y: Labels, w: float, null_l
     with under label dropout) gives the unconditional score. For ``w != 0`` the two passes run as one batch of
     ``2B``: one call of the network per score evaluation.
     """
-    null = _num_classes(model) if null_label is None else int(null_label)
+    null = num_classes_of(model) if null_label is None else int(null_label)
     w = float(w)
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -106,4 +107,4 @@ def classifier_guidance(
     return guided
 
 
-__all__ = ["as_labels", "classifier_free_guidance", "cfg_score_fn", "classifier_guidance"]
+__all__ = ["as_labels", "num_classes_of", "classifier_free_guidance", "cfg_score_fn", "classifier_guidance"]
