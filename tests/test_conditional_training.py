@@ -1,0 +1,33 @@
+"""Training a class-conditional network with label dropout through the trainer (digits carry their labels)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.test_train_cli import TOY, compose_cfg
+
+DIGITS = [o for o in TOY if not o.startswith("data")] + ["data=digits", "data.image_size=8"]
+
+
+def _train(run_dir, *overrides):
+    import train as script
+
+    return script.train(compose_cfg(*overrides), run_dir)
+
+
+def test_conditional_mlp_trains_on_digits_with_label_dropout(tmp_path):
+    """20 steps of a 10-class MLP with label_dropout 0.2: finite losses, and the label table has learned (it starts
+    at zero): every digit class and the null label got updates."""
+    res = _train(tmp_path, *DIGITS, "+model.net.num_classes=10", "loss.label_dropout=0.2", "trainer.steps=20")
+    assert res.step == 20
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True, map_location="cpu")
+    state = ckpt["model"] if "model" in ckpt else ckpt
+    key = next(k for k in state if k.endswith("label_embed.table.weight"))
+    table = state[key]
+    assert table.shape[0] == 11 and (table.abs().sum(1) > 0).all()
+
+
+def test_conditional_model_needs_labelled_data(tmp_path):
+    with pytest.raises(ValueError, match="class labels"):
+        _train(tmp_path, *TOY, "+model.net.num_classes=3", "trainer.steps=2")
