@@ -25,6 +25,25 @@ def _mean_norm(v: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=1).mean()
 
 
+def _langevin_steps(
+    score: ScoreFn,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    n_steps: int,
+    generator: Generator,
+    step_size: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n_steps`` of ``x <- x + eps * score + sqrt(2 eps) z`` with ``eps = step_size(score, z)`` (shape ``(B,)``)."""
+    x_mean = x
+    for _ in range(n_steps):
+        grad = score(x, t)
+        noise = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        step = step_size(grad, noise)
+        x_mean = x + batch_broadcast(step, x) * grad
+        x = x_mean + batch_broadcast(torch.sqrt(2 * step), x) * noise
+    return x, x_mean
+
+
 def langevin(
     sde: LinearSDE,
     score: ScoreFn,
@@ -36,14 +55,11 @@ def langevin(
     generator: Generator = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Langevin corrector with the signal-to-noise step rule ``eps = 2 alpha (r ||z|| / ||s||)^2`` (Alg. 4)."""
-    x_mean = x
-    for _ in range(n_steps):
-        grad = score(x, t)
-        noise = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        step = 2 * alpha * (snr * _mean_norm(noise) / _mean_norm(grad).clamp_min(1e-30)) ** 2
-        x_mean = x + batch_broadcast(step, x) * grad
-        x = x_mean + batch_broadcast(torch.sqrt(2 * step), x) * noise
-    return x, x_mean
+
+    def step_size(grad: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return 2 * alpha * (snr * _mean_norm(noise) / _mean_norm(grad).clamp_min(1e-30)) ** 2
+
+    return _langevin_steps(score, x, t, n_steps, generator, step_size)
 
 
 def annealed_langevin(
@@ -58,13 +74,7 @@ def annealed_langevin(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Annealed Langevin dynamics of NCSN (Song & Ermon 2019): step ``2 alpha (r sigma_t)^2``."""
     step = 2 * alpha * (snr * sde.marginal_std(t)) ** 2
-    x_mean = x
-    for _ in range(n_steps):
-        grad = score(x, t)
-        noise = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x_mean = x + batch_broadcast(step, x) * grad
-        x = x_mean + batch_broadcast(torch.sqrt(2 * step), x) * noise
-    return x, x_mean
+    return _langevin_steps(score, x, t, n_steps, generator, lambda grad, noise: step)
 
 
 CORRECTORS: dict[str, Corrector | None] = {"langevin": langevin, "annealed_langevin": annealed_langevin, "none": None}
