@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
 
@@ -31,3 +34,38 @@ def test_conditional_mlp_trains_on_digits_with_label_dropout(tmp_path):
 def test_conditional_model_needs_labelled_data(tmp_path):
     with pytest.raises(ValueError, match="class labels"):
         _train(tmp_path, *TOY, "+model.net.num_classes=3", "trainer.steps=2")
+
+
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cond") / "run"
+    _train(run, *DIGITS, "+model.net.num_classes=10", "loss.label_dropout=0.2", "trainer.steps=20")
+    return run
+
+
+def test_sample_cli_with_label_and_classifier_free_guidance(conditional_run, tmp_path):
+    """sample.py label=3 guidance.scale=2: four digit images, the batched guidance costs one NFE per step."""
+    from tests.test_sample_cli import run_sample
+
+    paths = run_sample(
+        tmp_path, f"ckpt={conditional_run}", "n=4", "label=3", "guidance.scale=2.0", "sampler=ddim", "sampler.steps=5"
+    )
+    x = np.load(paths["npz"])["arr_0"]
+    info = json.loads((tmp_path / "sample.json").read_text())
+    assert info["label"] == 3 and info["guidance"]["scale"] == 2.0 and info["nfe_per_sample"] == 6
+    assert x.shape[0] == 4 and np.isfinite(x).all()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["label=10"], "not a class"),
+        (["guidance.scale=1.0"], "needs a class"),
+        (["label=1", "guidance.kind=classifier"], "classifier"),
+    ],
+)
+def test_sample_cli_guidance_errors(conditional_run, tmp_path, overrides, message):
+    from tests.test_sample_cli import run_sample
+
+    with pytest.raises(ValueError, match=message):
+        run_sample(tmp_path, f"ckpt={conditional_run}", "n=2", "sampler=ddim", "sampler.steps=2", *overrides)
