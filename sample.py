@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from scoresde.checkpoint import CheckpointError
 from scoresde.generate import generate, save_samples
+from scoresde.guidance import cfg_score_fn, num_classes_of
 from scoresde.sampling import sampler_from_config
 
 
@@ -77,6 +78,25 @@ def load_model(ckpt: str | Path, official_config: str | None = None, use_ema: bo
     return Loaded(model, sde, shape, to_unit, centered, cfg)
 
 
+def guided_score(model, label: int | None, guidance) -> Any:
+    """The model, or for ``label=k`` its class-``k`` score with classifier-free guidance of ``guidance.scale``."""
+    kind = "cfg" if guidance is None else guidance.get("kind", "cfg")
+    scale = 0.0 if guidance is None else float(guidance.get("scale", 0.0))
+    if kind == "classifier":
+        raise ValueError("guidance.kind=classifier needs a noise-conditional classifier, which sample.py cannot load "
+                         "yet; use guidance.kind=cfg or scoresde.guidance.classifier_guidance from Python")  # fmt: skip
+    if kind != "cfg":
+        raise ValueError(f"unknown guidance.kind={kind!r}; choose cfg or classifier")
+    if label is None:
+        if scale != 0:
+            raise ValueError("guidance.scale needs a class: set label=<class index>")
+        return model
+    n = num_classes_of(model)
+    if not 0 <= int(label) < n:
+        raise ValueError(f"label={label} is not a class of this model (0 .. {n - 1})")
+    return cfg_score_fn(model, int(label), scale)
+
+
 def sample(cfg: DictConfig, out_dir: str | Path) -> dict[str, Path]:
     """Plain entry point: load, sample, write; returns the written paths."""
     device = cfg.device
@@ -85,12 +105,15 @@ def sample(cfg: DictConfig, out_dir: str | Path) -> dict[str, Path]:
     loaded = load_model(cfg.ckpt, cfg.official_config, cfg.use_ema)
     model = loaded.score_model.to(device).eval()
     sampler = sampler_from_config(OmegaConf.to_container(cfg.sampler, resolve=True))
-    res = generate(model, loaded.sde, loaded.data_shape, int(cfg.n), sampler, seed=int(cfg.seed),
+    score_fn = guided_score(model, cfg.get("label"), cfg.get("guidance"))
+    res = generate(score_fn, loaded.sde, loaded.data_shape, int(cfg.n), sampler, seed=int(cfg.seed),
                    first=int(cfg.first), batch_size=int(cfg.batch_size), device=device,
                    progress=cfg.progress)  # fmt: skip
     paths = save_samples(out_dir, res, loaded.to_unit)
     info = {"ckpt": str(cfg.ckpt), "n": int(cfg.n), "seed": int(cfg.seed), "first": int(cfg.first),
-            "nfe_per_sample": res.nfe, "sampler": OmegaConf.to_container(cfg.sampler, resolve=True)}  # fmt: skip
+            "nfe_per_sample": res.nfe, "sampler": OmegaConf.to_container(cfg.sampler, resolve=True),
+            "label": cfg.get("label"), "guidance": OmegaConf.to_container(cfg.guidance, resolve=True)
+            if cfg.get("guidance") is not None else None}  # fmt: skip
     (Path(out_dir) / "sample.json").write_text(json.dumps(info, indent=2))
     print(f"[scoresde] {cfg.n} samples ({res.nfe} score evaluations each) -> {', '.join(map(str, paths.values()))}")
     return paths

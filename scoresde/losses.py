@@ -16,6 +16,11 @@ For ``x_t = alpha(t) x_0 + sigma(t) z`` the conditional score is ``-z / sigma``,
   Ho et al. 2020) and SMLD (Song & Ermon 2019) losses of discrete-time models. :func:`ddpm_loss` and
   :func:`smld_loss` are these presets.
 
+Class-conditional models (Ho & Salimans 2022): ``loss(model, x, generator, y=labels)`` passes the labels to the
+network; with ``label_dropout = p`` each label is replaced by the null label (``num_classes``) with probability ``p``
+(uniforms drawn after ``t`` and ``z``, so the other draws do not change), training one network for the
+conditional and the unconditional score.
+
 Reduction over dimensions: ``reduce_mean=True`` takes the mean, otherwise half the sum (the reference's
 convention); the batch is always averaged. The draws are made as the reference does: ``t`` first, then
 ``z = randn_like(x)``.
@@ -27,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
+from scoresde.guidance import as_labels, num_classes_of
 from scoresde.score import ScoreModel
 from scoresde.sde import LinearSDE
 from scoresde.utils import Generator, batch_broadcast, rand, randn
@@ -37,15 +43,18 @@ TIME_SAMPLINGS = ("uniform", "discrete")
 
 @dataclass
 class LossDraws:
-    """The random draws of one loss evaluation: times ``t`` ``(B,)``, noise ``z`` like ``x``, weights ``(B,)``."""
+    """The random draws of one loss evaluation: times ``t`` ``(B,)``, noise ``z`` like ``x``, weights ``(B,)`` and,
+    with label dropout, ``keep`` ``(B,)`` (``False``: the label is replaced by the null label)."""
 
     t: torch.Tensor
     z: torch.Tensor
     weight: torch.Tensor
+    keep: torch.Tensor | None = None
 
     def select(self, index: slice | torch.Tensor) -> LossDraws:
         """The draws of a subset of the batch (e.g. one rank's share of a global batch)."""
-        return LossDraws(self.t[index], self.z[index], self.weight[index])
+        keep = None if self.keep is None else self.keep[index]
+        return LossDraws(self.t[index], self.z[index], self.weight[index], keep)
 
 
 @dataclass
@@ -62,8 +71,11 @@ class DSMLoss:
     weighting: str = "sigma2"
     importance_sampling: bool = False
     time_sampling: str = "uniform"
+    label_dropout: float = 0.0
 
     def __post_init__(self):
+        if not 0 <= self.label_dropout <= 1:
+            raise ValueError(f"label_dropout must lie in [0, 1], got {self.label_dropout}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"unknown loss weighting {self.weighting!r}; choose one of {WEIGHTINGS}")
         if self.time_sampling not in TIME_SAMPLINGS:
@@ -101,21 +113,30 @@ class DSMLoss:
         return self.sde.diffusion_sq(t) / self.sde.marginal_std(t) ** 2
 
     def draw(self, x_shape, generator: Generator = None, device=None, dtype=None) -> LossDraws:
-        """``t`` then ``z``, in the reference's order."""
+        """``t`` then ``z``, in the reference's order (then the label-dropout uniforms, if any)."""
         t, w = self.sample_time(x_shape[0], generator=generator, device=device, dtype=dtype)
         z = randn(tuple(x_shape), generator=generator, device=device, dtype=dtype)
-        if self.importance_sampling:
-            return LossDraws(t, z, w)
-        return LossDraws(t, z, w * self.time_weight(t))
+        keep = None
+        if self.label_dropout > 0:
+            keep = rand((x_shape[0],), generator=generator, device=device, dtype=torch.float64) >= self.label_dropout
+        return LossDraws(t, z, w if self.importance_sampling else w * self.time_weight(t), keep)
 
     # --- loss -------------------------------------------------------------------------------------------
-    def per_example(self, score_model: ScoreModel, x: torch.Tensor, draws: LossDraws) -> torch.Tensor:
-        """Per-example loss ``(B,)`` at the given draws."""
+    def per_example(
+        self, score_model: ScoreModel, x: torch.Tensor, draws: LossDraws, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Per-example loss ``(B,)`` at the given draws (class labels ``y`` for a class-conditional model)."""
         t, z = draws.t, draws.z
         mean, std = self.sde.marginal_prob(x, t)
         x_t = mean + batch_broadcast(std, x) * z
+        kwargs = {}
+        if y is not None:
+            y = as_labels(y, x)
+            if draws.keep is not None:
+                y = torch.where(draws.keep.to(y.device), y, torch.full_like(y, num_classes_of(score_model)))
+            kwargs["y"] = y
         # sigma * score + z == z - eps_hat; eps-parameterized nets give eps_hat without dividing by sigma.
-        residual = z - score_model.predict_eps(x_t, t)
+        residual = z - score_model.predict_eps(x_t, t, **kwargs)
         sq = residual.square().reshape(x.shape[0], -1)
         if sq.dtype in (torch.float16, torch.bfloat16):
             sq = sq.float()
@@ -128,11 +149,12 @@ class DSMLoss:
         x: torch.Tensor,
         generator: Generator = None,
         draws: LossDraws | None = None,
+        y: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Batch-mean loss of ``score_model`` on data ``x``."""
+        """Batch-mean loss of ``score_model`` on data ``x`` (with class labels ``y``)."""
         if draws is None:
             draws = self.draw(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        return self.per_example(score_model, x, draws).mean()
+        return self.per_example(score_model, x, draws, y).mean()
 
 
 def dsm_loss(sde: LinearSDE, **options) -> DSMLoss:

@@ -34,6 +34,8 @@ class ArrayDataset:
     name: str
     is_image: bool
     levels: int | None = None  # quantization levels of the raw values (None: continuous)
+    train_labels: torch.Tensor | None = None  # (N,) class labels, where the data has them (digits)
+    test_labels: torch.Tensor | None = None
 
     @property
     def data_shape(self) -> tuple[int, ...]:
@@ -109,7 +111,9 @@ def load_digits(image_size: int | None = 16, test_fraction: float = 0.2, seed: i
     :func:`scoresde.data.digits.digits_split`, the one the digits metrics' classifier is trained on."""
     split = digits_split(test_fraction, seed)
     train, test = _resize(split.train_images, image_size), _resize(split.test_images, image_size)
-    return ArrayDataset(train, test, "digits", is_image=True, levels=17)
+    return ArrayDataset(
+        train, test, "digits", is_image=True, levels=17, train_labels=split.train_labels, test_labels=split.test_labels
+    )
 
 
 def load_mnist(image_size: int | None = None, test_fraction: float = 0.1, seed: int = 0) -> ArrayDataset:

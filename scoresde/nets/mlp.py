@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from scoresde.nets.embeddings import GaussianFourierProjection
+from scoresde.nets.labels import LabelEmbedding, check_unconditional
 
 
 class MLP(nn.Module):
@@ -26,12 +27,16 @@ class MLP(nn.Module):
         depth: int = 3,
         embed_dim: int = 128,
         fourier_scale: float = 16.0,
+        num_classes: int | None = None,
     ):
         super().__init__()
+        self.num_classes = None if num_classes is None else int(num_classes)
         self.data_shape = tuple(int(s) for s in data_shape)
         dim = math.prod(self.data_shape)
         self.embed = GaussianFourierProjection(embed_dim // 2, scale=fourier_scale)
         self.embed_mlp = nn.Sequential(nn.Linear(embed_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        if self.num_classes is not None:
+            self.label_embed = LabelEmbedding(self.num_classes, hidden)
         self.input = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(
             nn.ModuleDict(
@@ -44,10 +49,14 @@ class MLP(nn.Module):
         nn.init.zeros_(self.output.weight)
         nn.init.zeros_(self.output.bias)
 
-    def forward(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, label: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.data_shape:
             raise ValueError(f"MLP built for samples of shape {self.data_shape}, got a batch {tuple(x.shape)}")
         emb = self.embed_mlp(self.embed(label.to(torch.float32)).to(x.dtype))
+        if self.num_classes is None:
+            check_unconditional(y, "MLP")
+        else:
+            emb = emb + self.label_embed(y, x.shape[0], x.device).to(emb.dtype)
         h = self.input(x.reshape(x.shape[0], -1))
         for blk in self.blocks:
             r = torch.nn.functional.silu(blk["fc1"](torch.nn.functional.silu(h)) + blk["emb"](emb))

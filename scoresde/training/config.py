@@ -45,6 +45,7 @@ class LossConfig:
     reduce_mean: bool = True
     weighting: str = "sigma2"  # sigma2 | likelihood
     importance_sampling: bool = False
+    label_dropout: float = 0.0  # class-conditional nets (model.net.num_classes): null label with this probability
 
 
 @dataclass

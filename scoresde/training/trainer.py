@@ -16,7 +16,7 @@ import math
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +101,7 @@ def build_loss(cfg, sde) -> DSMLoss:
         )
     else:
         opts = dict(reduce_mean=c.reduce_mean)
-    return get_loss(c.name, sde, **opts)
+    return replace(get_loss(c.name, sde, **opts), label_dropout=c.label_dropout)
 
 
 class Trainer:
@@ -154,6 +154,13 @@ class Trainer:
         self.amp_dtype = PRECISIONS[tc.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.precision == "fp16")
         self.loss_fn = build_loss(cfg, setup.sde)
+        self.num_classes = getattr(self.model.net, "num_classes", None)
+        if self.num_classes is not None:
+            labels = self.data.train_labels
+            if labels is None:
+                raise ValueError(f"model.net.num_classes needs a dataset with class labels (data=digits), not {d.kind}")
+            if int(labels.max()) >= self.num_classes:
+                raise ValueError(f"model.net.num_classes={self.num_classes} but the data has label {int(labels.max())}")
         self.step = 0
         self.resumed_from: str | None = None
         self._stop_signal: int | None = None
@@ -226,6 +233,12 @@ class Trainer:
         }
 
     # --- one step ---------------------------------------------------------------------------------------------
+    def _labels(self, labels: torch.Tensor | None, index) -> torch.Tensor | None:
+        """Class labels of a batch for a class-conditional model (``None`` for an unconditional one)."""
+        if self.num_classes is None or labels is None:
+            return None
+        return labels[index].to(self.device)
+
     def _batch_indices(self, step: int) -> torch.Tensor:
         epoch, pos = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
@@ -242,7 +255,9 @@ class Trainer:
     def train_step(self, step: int) -> torch.Tensor:
         """One optimizer step; returns the (local, detached) batch loss."""
         world, rank = self.dist.world_size, self.dist.rank
-        x = self.data.train[self._batch_indices(step)].to(self.device)
+        idx = self._batch_indices(step)
+        x = self.data.train[idx].to(self.device)
+        y = self._labels(self.data.train_labels, idx)
         shape = (self.tc.batch_size, *self.data.data_shape)
         gen = step_generator(self.cfg.seed, step, self.device)
         mine = slice(rank, None, world)  # DistributedSampler deals the global batch round-robin
@@ -261,7 +276,9 @@ class Trainer:
             ctx = contextlib.nullcontext() if sync else self.train_model.net.no_sync()
             with ctx:
                 with self._autocast():
-                    per = self.loss_fn.per_example(self.train_model, x[part], draws.select(part))
+                    per = self.loss_fn.per_example(
+                        self.train_model, x[part], draws.select(part), None if y is None else y[part]
+                    )
                 loss = per.sum() / self.local_batch
                 self.scaler.scale(loss).backward()
             total = total + loss.detach()
@@ -280,13 +297,15 @@ class Trainer:
     def held_out_loss(self) -> float:
         """Mean loss of the EMA model on the test split, with the same fixed draws every time."""
         test = self.data.test[: self.tc.eval_examples].to(self.device)
+        y = self._labels(self.data.test_labels, slice(0, self.tc.eval_examples))
         x = self.transform.evaluation(test)
         gen = torch.Generator(device=self.device).manual_seed(12345)
         draws = self.loss_fn.draw(x.shape, gen, self.device, x.dtype)
         total = 0.0
         for i in range(0, x.shape[0], self.local_batch):
             part = slice(i, i + self.local_batch)
-            total += float(self.loss_fn.per_example(self.ema.module, x[part], draws.select(part)).sum())
+            y_part = None if y is None else y[part]
+            total += float(self.loss_fn.per_example(self.ema.module, x[part], draws.select(part), y_part).sum())
         return total / x.shape[0]
 
     @torch.no_grad()
