@@ -19,9 +19,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from scoresde.checkpoint import CheckpointError
-from scoresde.generate import generate, save_samples
+from scoresde.data import to_model_range
+from scoresde.generate import GenerateResult, generate, sample_seed, save_samples
 from scoresde.guidance import cfg_score_fn, num_classes_of
 from scoresde.sampling import sampler_from_config
+from scoresde.sampling.inverse import colorize, inpaint
 
 
 @dataclass
@@ -97,6 +99,72 @@ def guided_score(model, label: int | None, guidance) -> Any:
     return cfg_score_fn(model, int(label), scale)
 
 
+def _load_array(path: str, what: str):
+    import numpy as np
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"{what}={path!r} does not exist")
+    try:
+        a = np.load(p, allow_pickle=False)
+    except Exception as err:
+        raise ValueError(f"{what}={path!r} is not a readable .npy/.npz array file: {err}") from None
+    if hasattr(a, "files"):  # .npz: its only array, or arr_0
+        keys = list(a.files)
+        a = a["arr_0"] if "arr_0" in keys else a[keys[0]] if len(keys) == 1 else None
+        if a is None:
+            raise ValueError(f"{what}={path!r} holds several arrays {keys}; save the images as arr_0")
+    return torch.from_numpy(a.copy())
+
+
+def _as_images01(a: torch.Tensor, what: str, channels: int) -> torch.Tensor:
+    """Images as float (N, C, H, W) in [0, 1]: uint8 or float input, channels first or last."""
+    x = a.float() / 255 if a.dtype == torch.uint8 else a.float()
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim == 4 and x.shape[1] != channels and x.shape[-1] == channels:
+        x = x.permute(0, 3, 1, 2)
+    if x.ndim != 4 or x.shape[1] != channels:
+        raise ValueError(f"{what} images must be (N, {channels}, H, W) or (N, H, W, {channels}); got {tuple(a.shape)}")
+    if x.min() < 0 or x.max() > 1:
+        raise ValueError(f"{what} images must lie in [0, 1] (or be uint8); got [{x.min():.3g}, {x.max():.3g}]")
+    return x
+
+
+def solve_inverse(cfg: DictConfig, loaded: Loaded, score_fn, device: str) -> GenerateResult:
+    """Inpainting (``mask=``, ``known=``) or colorization (``gray=``) with the PC sampler's options."""
+    sampler_cfg = OmegaConf.to_container(cfg.sampler, resolve=True)
+    if sampler_cfg.get("name") != "pc":
+        raise ValueError("inpainting / colorization run predictor-corrector sampling: use sampler=pc")
+    opts = {k: sampler_cfg[k] for k in ("predictor", "corrector", "snr", "n_steps", "steps", "eps", "denoise")}
+    if loaded.to_unit is None:
+        raise ValueError("mask= / gray= need an image model")
+    channels, size = loaded.data_shape[0], tuple(loaded.data_shape[1:])
+    first, n = int(cfg.first), int(cfg.n)
+    if cfg.get("gray") is not None:
+        images = _as_images01(_load_array(cfg.gray, "gray"), "gray", 1)
+    else:
+        if cfg.get("known") is None:
+            raise ValueError("mask= needs known=<images whose masked pixels are kept>")
+        images = _as_images01(_load_array(cfg.known, "known"), "known", channels)
+    images = images[first : first + n]
+    if len(images) == 0 or tuple(images.shape[2:]) != size:
+        raise ValueError(f"need images {size} at indices {first}..{first + n - 1}; got {len(images)} of "
+                         f"{tuple(images.shape[2:])}")  # fmt: skip
+    seeds = [sample_seed(int(cfg.seed), k) for k in range(first, first + len(images))]
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    known = to_model_range(images, loaded.centered).to(device)
+    with torch.no_grad():
+        if cfg.get("gray") is not None:
+            res = colorize(loaded.sde, score_fn, known, channels=channels, generator=gens, **opts)
+        else:
+            mask = _load_array(cfg.mask, "mask").float()
+            res = inpaint(loaded.sde, score_fn, known, mask.to(device), generator=gens, **opts)
+    import numpy as np
+
+    return GenerateResult(res.samples.cpu(), np.array(seeds, dtype=np.uint64), res.nfe)
+
+
 def sample(cfg: DictConfig, out_dir: str | Path) -> dict[str, Path]:
     """Plain entry point: load, sample, write; returns the written paths."""
     device = cfg.device
@@ -106,9 +174,12 @@ def sample(cfg: DictConfig, out_dir: str | Path) -> dict[str, Path]:
     model = loaded.score_model.to(device).eval()
     sampler = sampler_from_config(OmegaConf.to_container(cfg.sampler, resolve=True))
     score_fn = guided_score(model, cfg.get("label"), cfg.get("guidance"))
-    res = generate(score_fn, loaded.sde, loaded.data_shape, int(cfg.n), sampler, seed=int(cfg.seed),
-                   first=int(cfg.first), batch_size=int(cfg.batch_size), device=device,
-                   progress=cfg.progress)  # fmt: skip
+    if cfg.get("mask") is not None or cfg.get("gray") is not None:
+        res = solve_inverse(cfg, loaded, score_fn, device)
+    else:
+        res = generate(score_fn, loaded.sde, loaded.data_shape, int(cfg.n), sampler, seed=int(cfg.seed),
+                       first=int(cfg.first), batch_size=int(cfg.batch_size), device=device,
+                       progress=cfg.progress)  # fmt: skip
     paths = save_samples(out_dir, res, loaded.to_unit)
     info = {"ckpt": str(cfg.ckpt), "n": int(cfg.n), "seed": int(cfg.seed), "first": int(cfg.first),
             "nfe_per_sample": res.nfe, "sampler": OmegaConf.to_container(cfg.sampler, resolve=True),
