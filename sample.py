@@ -19,9 +19,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from scoresde.checkpoint import CheckpointError
+from scoresde.classifier import load_classifier
 from scoresde.data import to_model_range
 from scoresde.generate import GenerateResult, generate, sample_seed, save_samples
-from scoresde.guidance import cfg_score_fn, num_classes_of
+from scoresde.guidance import cfg_score_fn, classifier_guidance, num_classes_of
 from scoresde.sampling import sampler_from_config
 from scoresde.sampling.inverse import colorize, inpaint
 
@@ -80,19 +81,31 @@ def load_model(ckpt: str | Path, official_config: str | None = None, use_ema: bo
     return Loaded(model, sde, shape, to_unit, centered, cfg)
 
 
-def guided_score(model, label: int | None, guidance) -> Any:
-    """The model, or for ``label=k`` its class-``k`` score with classifier-free guidance of ``guidance.scale``."""
+def guided_score(model, label: int | None, guidance, loaded: Loaded | None = None) -> Any:
+    """The model, or for ``label=k`` its class-``k`` score: classifier-free guidance of ``guidance.scale`` for a
+    class-conditional model (``guidance.kind=cfg``), or classifier guidance with the noise-conditional classifier
+    ``guidance.classifier`` (``guidance.kind=classifier``, trained by ``train_classifier.py``)."""
     kind = "cfg" if guidance is None else guidance.get("kind", "cfg")
     scale = 0.0 if guidance is None else float(guidance.get("scale", 0.0))
-    if kind == "classifier":
-        raise ValueError("guidance.kind=classifier needs a noise-conditional classifier, which sample.py cannot load "
-                         "yet; use guidance.kind=cfg or scoresde.guidance.classifier_guidance from Python")  # fmt: skip
-    if kind != "cfg":
+    if kind not in ("cfg", "classifier"):
         raise ValueError(f"unknown guidance.kind={kind!r}; choose cfg or classifier")
     if label is None:
         if scale != 0:
             raise ValueError("guidance.scale needs a class: set label=<class index>")
         return model
+    if kind == "classifier":
+        path = guidance.get("classifier")
+        if not path:
+            raise ValueError("guidance.kind=classifier needs guidance.classifier=<classifier.safetensors> "
+                             "(train one with train_classifier.py)")  # fmt: skip
+        net, meta = load_classifier(path, loaded.sde if loaded is not None else None)
+        if loaded is not None and json.loads(meta["centered"]) != loaded.centered:
+            raise ValueError(f"classifier {path!r} was trained on data scaled differently (centered) from the model")
+        n = int(meta["num_classes"])
+        if not 0 <= int(label) < n:
+            raise ValueError(f"label={label} is not a class of the classifier (0 .. {n - 1})")
+        device = next(model.parameters()).device
+        return classifier_guidance(model, net.to(device), int(label), scale)
     n = num_classes_of(model)
     if not 0 <= int(label) < n:
         raise ValueError(f"label={label} is not a class of this model (0 .. {n - 1})")
@@ -173,7 +186,7 @@ def sample(cfg: DictConfig, out_dir: str | Path) -> dict[str, Path]:
     loaded = load_model(cfg.ckpt, cfg.official_config, cfg.use_ema)
     model = loaded.score_model.to(device).eval()
     sampler = sampler_from_config(OmegaConf.to_container(cfg.sampler, resolve=True))
-    score_fn = guided_score(model, cfg.get("label"), cfg.get("guidance"))
+    score_fn = guided_score(model, cfg.get("label"), cfg.get("guidance"), loaded)
     if cfg.get("mask") is not None or cfg.get("gray") is not None:
         res = solve_inverse(cfg, loaded, score_fn, device)
     else:

@@ -17,7 +17,8 @@ class MLP(nn.Module):
 
     The noise label is embedded with fixed Gaussian Fourier features (scale ``fourier_scale``), passed through a
     two-layer embedding MLP and added to every hidden layer (as in DDPM's residual blocks). Residual SiLU
-    blocks of width ``hidden``; the last layer starts at zero so the initial output is 0.
+    blocks of width ``hidden``; the last layer starts at zero so the initial output is 0. With ``out_dim`` the output
+    is ``(B, out_dim)`` instead of shaped like ``x`` (e.g. the logits of a noise-conditional classifier).
     """
 
     def __init__(
@@ -28,8 +29,10 @@ class MLP(nn.Module):
         embed_dim: int = 128,
         fourier_scale: float = 16.0,
         num_classes: int | None = None,
+        out_dim: int | None = None,
     ):
         super().__init__()
+        self.out_dim = None if out_dim is None else int(out_dim)
         self.num_classes = None if num_classes is None else int(num_classes)
         self.data_shape = tuple(int(s) for s in data_shape)
         dim = math.prod(self.data_shape)
@@ -45,7 +48,7 @@ class MLP(nn.Module):
             for _ in range(depth)
         )
         self.norm = nn.LayerNorm(hidden)
-        self.output = nn.Linear(hidden, dim)
+        self.output = nn.Linear(hidden, dim if self.out_dim is None else self.out_dim)
         nn.init.zeros_(self.output.weight)
         nn.init.zeros_(self.output.bias)
 
@@ -61,4 +64,5 @@ class MLP(nn.Module):
         for blk in self.blocks:
             r = torch.nn.functional.silu(blk["fc1"](torch.nn.functional.silu(h)) + blk["emb"](emb))
             h = h + blk["fc2"](r)
-        return self.output(torch.nn.functional.silu(self.norm(h))).reshape(x.shape)
+        out = self.output(torch.nn.functional.silu(self.norm(h)))
+        return out.reshape(x.shape) if self.out_dim is None else out
