@@ -43,12 +43,10 @@ def main() -> None:
     ap.add_argument("--tols", default="1e-2,1e-3,1e-4,1e-5")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
-    import sys
+    from scoresde import load_model
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from train import load_trained
-
-    model, sde, cfg = load_trained(args.run)
+    loaded = load_model(args.run)
+    model, sde, cfg = loaded.model, loaded.sde, loaded.config
     model = model.to(args.device)
     shape = tuple(model.data_shape)
     centered = bool(cfg.model.centered)

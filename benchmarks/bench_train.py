@@ -31,15 +31,16 @@ PRESETS = {
 
 def measure(overrides: list[str], steps: int, threads: int) -> tuple[float, int]:
     from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
 
-    import train as script
-    from scoresde.training import Trainer
+    from scoresde.training import TrainConfig, Trainer, build_setup, parse_train_config
 
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     with initialize_config_dir(str(ROOT / "conf"), version_base=None):
         cfg = compose("train", overrides=[*overrides, f"trainer.num_threads={threads}", "trainer.progress=false"])
-    cfg = script.validate(cfg)
+    cfg = parse_train_config(cfg)
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(cfg, script.build_setup(cfg), run_dir)
+        trainer = Trainer(cfg, build_setup(cfg), run_dir)
         trainer.train_step(0)
         sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
         sync()

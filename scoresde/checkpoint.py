@@ -8,6 +8,7 @@ any moment leaves either the old or the new file, never a torn one.
 
 from __future__ import annotations
 
+import io
 import os
 import random
 from pathlib import Path
@@ -27,28 +28,29 @@ class CheckpointError(RuntimeError):
 
 # --- files ------------------------------------------------------------------------------------------------
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path`` atomically (temp file + fsync + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    return path
+    """``torch.save`` to ``path`` atomically: serialized in memory first, so that a failing write (disk full) is an
+    ``OSError`` naming the file rather than an error deep inside the serializer, then :func:`atomic_write_bytes`."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write_bytes(buffer.getbuffer(), path)
 
 
-def atomic_write_bytes(data: bytes, path: str | Path) -> Path:
+def atomic_write_bytes(data: bytes | memoryview, path: str | Path) -> Path:
+    """Write ``data`` to ``path`` atomically: a temporary file beside it (unique per process, so concurrent writers
+    never share one), flushed and fsynced, then ``os.replace``d over ``path``; the temporary file is removed if
+    anything fails, and the old ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
     return path
 

@@ -87,7 +87,9 @@ def train_classifier(
 
 def save_classifier(net: MLP, path: str | Path, sde, centered: bool) -> Path:
     """Weights as safetensors; the architecture, the SDE (repr) and the data scaling in the metadata."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from scoresde.checkpoint import atomic_write_bytes
 
     meta = {
         "kind": "scoresde.noisy_classifier",
@@ -98,34 +100,49 @@ def save_classifier(net: MLP, path: str | Path, sde, centered: bool) -> Path:
         "sde": repr(sde),
         "centered": json.dumps(bool(centered)),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata=meta)
-    tmp.replace(path)
-    return path
+    return atomic_write_bytes(save({k: v.contiguous() for k, v in net.state_dict().items()}, metadata=meta), path)
+
+
+def _meta_int(meta: dict, key: str, source: str, hi: int) -> int:
+    value = meta.get(key, "")
+    if not (isinstance(value, str) and value.isdigit() and 1 <= int(value) <= hi):
+        raise ValueError(f"classifier {source!r}: metadata {key}={value!r} is not an integer in [1, {hi}]")
+    return int(value)
 
 
 def load_classifier(path: str | Path, sde=None) -> tuple[MLP, dict]:
-    """A classifier saved by :func:`save_classifier`; with ``sde``, refuse one trained under another SDE."""
-    from safetensors import safe_open
+    """A classifier saved by :func:`save_classifier`; with ``sde``, refuse one trained under another SDE. The file is
+    data: its metadata are checked values (sizes, names), never code; the weights load strictly."""
+    from scoresde.checkpoint import CheckpointError, load_safetensors
+    from scoresde.loading import parse_data_shape
 
     p = Path(path).expanduser()
     if not p.exists():
         raise FileNotFoundError(f"classifier {str(path)!r} does not exist")
     try:
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:
-        raise ValueError(f"classifier {str(path)!r} is not a readable safetensors file: {err}") from None
+        state, meta = load_safetensors(p)
+    except CheckpointError as err:
+        raise ValueError(f"classifier {str(path)!r} is not a readable safetensors file ({err})") from None
+    source = str(path)
     if meta.get("kind") != "scoresde.noisy_classifier":
-        raise ValueError(f"{str(path)!r} is not a scoresde noise-conditional classifier (train_classifier.py)")
-    if sde is not None and meta["sde"] != repr(sde):
-        raise ValueError(f"classifier {str(path)!r} was trained under {meta['sde']}, the model uses {sde!r}")
-    net = MLP(tuple(json.loads(meta["data_shape"])), hidden=int(meta["hidden"]), depth=int(meta["depth"]),
-              out_dim=int(meta["num_classes"]))  # fmt: skip
-    net.load_state_dict(state, strict=True)
+        raise ValueError(f"{source!r} is not a scoresde noise-conditional classifier (train_classifier.py)")
+    if sde is not None and meta.get("sde") != repr(sde):
+        raise ValueError(f"classifier {source!r} was trained under {meta.get('sde')}, the model uses {sde!r}")
+    if meta.get("centered") not in ("true", "false"):
+        raise ValueError(f"classifier {source!r}: metadata centered={meta.get('centered')!r} is not true/false")
+    try:
+        shape = parse_data_shape(meta.get("data_shape"), source)
+    except CheckpointError as err:
+        raise ValueError(str(err)) from None
+    sizes = (("hidden", "hidden", 1 << 16), ("depth", "depth", 256), ("out_dim", "num_classes", 1 << 20))
+    kwargs = {k: _meta_int(meta, m, source, hi) for k, m, hi in sizes}
+    net = MLP(shape, **kwargs)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(
+            f"classifier {source!r}: weights do not fit its metadata: {str(err).splitlines()[0]}"
+        ) from None
     return net.eval(), meta
 
 

@@ -58,10 +58,13 @@ def resolve_device(preference: str = "auto", local_rank: int = 0) -> torch.devic
     """``auto``: CUDA (the process's local GPU) when available, else CPU."""
     if preference == "auto":
         preference = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(preference)
+    try:
+        device = torch.device(preference)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={preference!r} is not a device (auto, cpu, cuda, cuda:K)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("trainer.device=cuda but no CUDA device is available")
+            raise ValueError(f"device={preference!r} but no CUDA device is available")
         if device.index is None:
             device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)

@@ -107,4 +107,59 @@ def classifier_guidance(
     return guided
 
 
-__all__ = ["as_labels", "num_classes_of", "classifier_free_guidance", "cfg_score_fn", "classifier_guidance"]
+GUIDANCE_KINDS = ("cfg", "classifier")
+
+
+def guided_score(
+    model,
+    label: int | None,
+    kind: str = "cfg",
+    scale: float = 0.0,
+    classifier: str | None = None,
+    sde=None,
+    centered: bool | None = None,
+) -> ScoreFn:
+    """The score function to sample with: ``model`` itself, or for ``label=k`` its class-``k`` score — classifier-free
+    guidance of weight ``scale`` for a class-conditional model (``kind="cfg"``), or classifier guidance with the
+    noise-conditional classifier saved at ``classifier`` (``kind="classifier"``, written by ``train_classifier.py``;
+    with ``sde`` / ``centered`` given, one trained under another SDE or data scaling is refused)."""
+    if kind not in GUIDANCE_KINDS:
+        raise ValueError(f"guidance.kind={kind!r} is unknown; choose one of {GUIDANCE_KINDS}")
+    if label is None:
+        if scale != 0:
+            raise ValueError("guidance.scale needs a class: set label=<class index>")
+        return model
+    if isinstance(label, bool) or not isinstance(label, int):
+        raise ValueError(f"label={label!r} must be an integer class index")
+    if kind == "classifier":
+        import json
+
+        from scoresde.classifier import load_classifier, log_prob_fn
+
+        if not classifier:
+            raise ValueError("guidance.kind=classifier needs guidance.classifier=<classifier.safetensors> "
+                             "(train one with train_classifier.py)")  # fmt: skip
+        net, meta = load_classifier(classifier, sde)
+        if centered is not None and json.loads(meta["centered"]) != centered:
+            raise ValueError(f"classifier {classifier!r} was trained on data scaled differently (centered) from the "
+                             "model")  # fmt: skip
+        n = int(meta["num_classes"])
+        if not 0 <= label < n:
+            raise ValueError(f"label={label} is not a class of the classifier (0 .. {n - 1})")
+        device = next(model.parameters()).device
+        return classifier_guidance(model, log_prob_fn(net.to(device)), label, scale)
+    n = num_classes_of(model)
+    if not 0 <= label < n:
+        raise ValueError(f"label={label} is not a class of this model (0 .. {n - 1})")
+    return cfg_score_fn(model, label, scale)
+
+
+__all__ = [
+    "as_labels",
+    "num_classes_of",
+    "classifier_free_guidance",
+    "cfg_score_fn",
+    "classifier_guidance",
+    "guided_score",
+    "GUIDANCE_KINDS",
+]

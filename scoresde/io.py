@@ -122,3 +122,64 @@ def plot_metrics(metrics: str | Path, out: str | Path) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+# --- reading user arrays --------------------------------------------------------------------------------------
+def read_array(path: str | Path, what: str) -> torch.Tensor:
+    """A ``.npy`` array or the array of a ``.npz`` (its only one, or ``arr_0``), read without pickle."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"{what}={str(path)!r} does not exist")
+    try:
+        a = np.load(p, allow_pickle=False)
+    except Exception as err:
+        raise ValueError(f"{what}={str(path)!r} is not a readable .npy/.npz array file: {err}") from None
+    if hasattr(a, "files"):  # .npz: its only array, or arr_0
+        keys = list(a.files)
+        a = a["arr_0"] if "arr_0" in keys else a[keys[0]] if len(keys) == 1 else None
+        if a is None:
+            raise ValueError(f"{what}={str(path)!r} holds several arrays {keys}; save the one to use as arr_0")
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"{what}={str(path)!r}: expected a real numeric array, got dtype {a.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def as_images01(a: torch.Tensor, what: str, channels: int) -> torch.Tensor:
+    """Images as float ``(N, C, H, W)`` in [0, 1]: uint8 or float input, channels first or last (``(N, H, W)`` for one
+    channel)."""
+    x = a.float() / 255 if a.dtype == torch.uint8 else a.float()
+    if x.ndim == 3 and channels == 1:
+        x = x[:, None]
+    if x.ndim == 4 and x.shape[1] != channels and x.shape[-1] == channels:
+        x = x.permute(0, 3, 1, 2)
+    if x.ndim != 4 or x.shape[1] != channels:
+        raise ValueError(f"{what} images must be (N, {channels}, H, W) or (N, H, W, {channels}); got {tuple(a.shape)}")
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise ValueError(f"{what} images hold {bad} NaN / infinite values")
+    if x.min() < 0 or x.max() > 1:
+        raise ValueError(f"{what} images must lie in [0, 1] (or be uint8); got [{x.min():.3g}, {x.max():.3g}]")
+    return x.contiguous()
+
+
+def as_mask(a: torch.Tensor, what: str, data_shape: tuple[int, ...]) -> tuple[torch.Tensor, bool]:
+    """A 0/1 mask (1 = known) for images of ``data_shape`` ``(C, H, W)``: one for every image (``(H, W)``,
+    ``(1, H, W)`` or ``(C, H, W)``) or one per image (``(N, H, W)``, ``(N, 1 or C, H, W)``). Returns the mask as
+    ``(1 or C, H, W)`` resp. ``(N, 1 or C, H, W)`` floats and whether it is per image."""
+    m = a.float()
+    bad = int((~torch.isfinite(m)).sum())
+    if bad:
+        raise ValueError(f"{what}: the mask holds {bad} NaN / infinite values; it must be 0 (unknown) or 1 (known)")
+    if not bool(((m == 0) | (m == 1)).all()):
+        raise ValueError(f"{what}: mask values must be 0 (unknown) or 1 (known); found {torch.unique(m)[:8].tolist()}")
+    c, spatial = data_shape[0], tuple(data_shape[1:])
+    if m.ndim == 2 and tuple(m.shape) == spatial:
+        return m[None], False
+    if m.ndim == 3 and tuple(m.shape[1:]) == spatial:
+        return (m, False) if m.shape[0] in (1, c) else (m[:, None], True)
+    if m.ndim == 4 and tuple(m.shape[2:]) == spatial and m.shape[1] in (1, c):
+        return m, True
+    raise ValueError(
+        f"{what}: a mask of shape {tuple(m.shape)} does not fit images {tuple(data_shape)}; use "
+        f"{spatial}, (1 or {c}, *{spatial}), or one per image (N, *{spatial}) / (N, 1 or {c}, *{spatial})"
+    )

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from scoresde.classifier import accuracy_at, load_classifier, save_classifier, train_classifier
 from scoresde.data import load_dataset, to_model_range
@@ -60,30 +59,29 @@ def test_cli_and_classifier_guidance_in_sample_py(tmp_path, digits):
     """train_classifier.py writes a classifier; sample.py guides a (tiny) digits score model with it: with w = 10 the
     classifier assigns far more samples to the requested class than without guidance (64 samples each: a binomial
     standard error of at most 0.063 per fraction)."""
-    import sample as sample_script
-    import train as train_script
-    import train_classifier as clf_script
+    from scoresde.jobs import classifier as clf_job
+    from scoresde.jobs import sample as sample_job
+    from scoresde.training import train
+    from tests.configs import typed_config
     from tests.test_train_cli import compose_cfg
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        cfg = compose(config_name="classifier", overrides=["steps=300", "hidden=128", "depth=2"])
-    summary = clf_script.run(cfg, tmp_path / "clf")
+    cfg = typed_config("classifier", "steps=300", "hidden=128", "depth=2")
+    summary = clf_job.run(cfg, tmp_path / "clf")
     assert Path(summary["classifier"]).exists() and summary["num_classes"] == 10
 
     run = tmp_path / "score"
-    train_script.train(
+    train(
         compose_cfg("data=digits", "model=mlp", "model.net.hidden=64", "model.net.depth=2", "trainer.steps=30",
                     "trainer.batch_size=64", "trainer.progress=false", "trainer.sample_n=0", "trainer.eval_every=0",
                     "trainer.export=false", "trainer.tensorboard=false"), run)  # fmt: skip
     net, _ = load_classifier(summary["classifier"])
 
     def fraction(scale: float) -> float:
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-            scfg = compose(config_name="sample", overrides=[
-                f"ckpt={run}", "n=64", "sampler=ddim", "sampler.steps=10", "label=3", "guidance.kind=classifier",
-                f"guidance.scale={scale}", f"guidance.classifier={summary['classifier']}"])  # fmt: skip
+        scfg = typed_config("sample",
+            f"ckpt={run}", "n=64", "sampler=ddim", "sampler.steps=10", "label=3", "guidance.kind=classifier",
+            f"guidance.scale={scale}", f"guidance.classifier={summary['classifier']}")  # fmt: skip
         out = tmp_path / f"s{scale}"
-        sample_script.sample(scfg, out)
+        sample_job.run(scfg, out)
         x = to_model_range(torch.from_numpy(np.load(out / "samples.npz")["arr_0"]).permute(0, 3, 1, 2) / 255, True)
         with torch.no_grad():
             return float((net(x, torch.full((len(x),), 0.01)).argmax(1) == 3).float().mean())

@@ -14,9 +14,9 @@ DIGITS = [o for o in TOY if not o.startswith("data")] + ["data=digits", "data.im
 
 
 def _train(run_dir, *overrides):
-    import train as script
+    from scoresde.training import train
 
-    return script.train(compose_cfg(*overrides), run_dir)
+    return train(compose_cfg(*overrides), run_dir)
 
 
 def test_conditional_mlp_trains_on_digits_with_label_dropout(tmp_path):
@@ -77,16 +77,17 @@ def test_guided_digit_samples_have_the_requested_class(tmp_path):
     DDIM samples (100 steps) per class. The digits-metrics classifier assigns them to the requested class far above
     chance (0.1; its binomial standard error at N = 200 is 0.02): > 0.4 at w = 0 and > 0.6 at w = 1 (measured 0.68 and
     0.94 here; 0.71, 0.95 and 0.97 at w = 0, 1, 3 after 3000 steps with 50 per class)."""
+    from scoresde import load_model
     from scoresde.data import from_model_range
     from scoresde.digits_metrics import accuracy
     from scoresde.guidance import cfg_score_fn
     from scoresde.sampling import get_sampler
-    from train import load_trained
 
     overrides = [*DIGITS, "+model.net.num_classes=10", "loss.label_dropout=0.2", "trainer.steps=2000"]
     _train(tmp_path, *overrides, "trainer.batch_size=128", "model.net.hidden=256", "model.net.depth=3",
            "model.net.embed_dim=128", "optim.scheduler.lr_lambda.warmup=100", "optim.optimizer.lr=1e-3")  # fmt: skip
-    model, sde, _ = load_trained(tmp_path, use_ema=True)
+    loaded = load_model(tmp_path, use_ema=True)
+    model, sde = loaded.model, loaded.sde
     y = torch.arange(10).repeat_interleave(20)
     acc = {}
     for w in (0.0, 1.0):

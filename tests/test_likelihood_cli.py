@@ -9,27 +9,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
+
+from scoresde.jobs import likelihood as job
+from tests.configs import typed_config
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "official_score_sde"
 
 
 def run_likelihood(out: Path, *overrides: str) -> dict:
-    import likelihood as script
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        cfg = compose(config_name="likelihood", overrides=list(overrides))
-    return script.evaluate(cfg, out)
+    return job.run(typed_config("likelihood", *overrides), out)
 
 
 def test_trained_run_on_its_own_data(tmp_path):
     """A run's own (continuous, 2-D) test data: nats per sample, JSON written, NFE counted."""
-    import train as script
+    from scoresde.training import train
     from tests.test_train_cli import TOY, compose_cfg
 
     run = tmp_path / "run"
-    script.train(compose_cfg(*TOY, "trainer.steps=20", "trainer.ckpt_every=20"), run)
+    train(compose_cfg(*TOY, "trainer.steps=20", "trainer.ckpt_every=20"), run)
     res = run_likelihood(tmp_path / "out", f"ckpt={run}", "n=16", "divergence=exact", "rtol=1e-3", "atol=1e-3")
     assert res["metric"] == "nats/sample" and res["n"] == 16 and math.isfinite(res["mean"]) and res["nfe"] > 0
     assert json.loads((tmp_path / "out" / "likelihood.json").read_text())["mean"] == res["mean"]

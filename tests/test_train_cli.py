@@ -114,8 +114,8 @@ def test_toy_end_to_end_samples_match_data(tmp_path):
         "trainer.ckpt_every=1000",
         "trainer.eval_every=1000",
         "trainer.sample_n=1000",
-        "trainer.sampler=euler_maruyama",
-        "trainer.sampler_options.steps=200",
+        "sampler@trainer.sampler=euler_maruyama",
+        "trainer.sampler.steps=200",
         "trainer.export=true",
         "optim.scheduler.lr_lambda.warmup=100",
     )
@@ -182,26 +182,26 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0 and b"pre-empted: checkpoint at step" in out
+    assert proc.returncode == 128 + signal.SIGTERM and b"pre-empted (SIGTERM): checkpoint at step" in out
     stopped_at = torch.load(last, weights_only=True)["step"]
-    assert stopped_at < 400 and stopped_at % 20 == 0  # a log step
+    assert stopped_at < 400
     assert cli(run, *args).returncode == 0
     b = checkpoint_tensors(last)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def compose_cfg(*overrides: str):
-    from hydra import compose, initialize_config_dir
+    from tests.configs import compose_config
 
-    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
-        return compose("train", overrides=list(overrides))
+    return compose_config("train", *overrides)
 
 
 def train_in_process(run_dir: Path, *overrides: str):
-    """``train(cfg, run_dir)`` in this process (faster than the CLI; same code below the Hydra wrapper)."""
-    import train as script
+    """``scoresde.training.train(cfg, run_dir)`` in this process (faster than the CLI; the library call the script
+    makes)."""
+    from scoresde.training import train
 
-    return script.train(compose_cfg(*TOY, *overrides), run_dir)
+    return train(compose_cfg(*TOY, *overrides), run_dir)
 
 
 def test_resume_extends_a_finished_run(tmp_path):
@@ -227,10 +227,10 @@ def test_resume_from_another_run_directory(tmp_path):
     assert all(torch.equal(x[k], y[k]) for k in x)
 
 
-def test_load_trained_from_checkpoint_run_dir_and_export(tmp_path):
+def test_load_model_from_checkpoint_run_dir_and_export(tmp_path):
     """Periodic samples are written; the EMA model comes back from the run directory, the checkpoint and
-    ema.safetensors alike."""
-    import train as script
+    ema.safetensors alike (``scoresde.load_model``)."""
+    import scoresde
 
     run = tmp_path / "run"
     train_in_process(
@@ -240,7 +240,7 @@ def test_load_trained_from_checkpoint_run_dir_and_export(tmp_path):
         "trainer.export=true",
         "trainer.sample_every=5",
         "trainer.sample_n=8",
-        "trainer.sampler_options.steps=5",
+        "trainer.sampler.steps=5",
     )
     # periodic and final sample plots of the EMA model
     assert {p.name for p in (run / "samples").iterdir()} == {
@@ -250,13 +250,13 @@ def test_load_trained_from_checkpoint_run_dir_and_export(tmp_path):
     x, t = torch.randn(5, 2), torch.rand(5)
     outs = []
     for source in (run, run / "checkpoints" / "last.pt", run / "ema.safetensors"):
-        model, sde, cfg = script.load_trained(source)
-        assert cfg.data.name == "two_moons" and type(sde).__name__ == "VPSDE"
-        assert all(torch.equal(v, ema[f"module.{k}"]) for k, v in model.state_dict().items())
+        m = scoresde.load_model(source)
+        assert m.config.data.name == "two_moons" and type(m.sde).__name__ == "VPSDE" and m.data_shape == (2,)
+        assert all(torch.equal(v, ema[f"module.{k}"]) for k, v in m.model.state_dict().items())
         with torch.no_grad():
-            outs.append(model(x, t))
+            outs.append(m.model(x, t))
     assert all(torch.equal(outs[0], o) for o in outs[1:])
-    raw, _, _ = script.load_trained(run, use_ema=False)
+    raw = scoresde.load_model(run, use_ema=False).model
     model_state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(v, model_state[k]) for k, v in raw.state_dict().items())
 
@@ -295,16 +295,17 @@ def test_bad_override_is_refused(tmp_path, override, message):
 def test_schema_refuses_unknown_keys_and_types():
     from omegaconf import OmegaConf
 
-    import train as script
+    from scoresde.schema import ConfigError
+    from scoresde.training import parse_train_config
 
-    cfg = OmegaConf.create(OmegaConf.to_container(compose_cfg(*TOY)))  # untyped, as a hand-written config
-    cfg.trainer.batch_size = "many"
-    with pytest.raises(script.ConfigError, match="trainer.batch_size"):
-        script.validate(cfg)
-    cfg = OmegaConf.create(OmegaConf.to_container(compose_cfg(*TOY)))
-    cfg.loss.weighting_typo = 1
-    with pytest.raises(script.ConfigError, match="weighting_typo"):
-        script.validate(cfg)
+    plain = OmegaConf.to_container(compose_cfg(*TOY), resolve=True)  # untyped, as a hand-written config
+    plain["trainer"]["batch_size"] = "many"
+    with pytest.raises(ConfigError, match="trainer.batch_size"):
+        parse_train_config(plain)
+    plain = OmegaConf.to_container(compose_cfg(*TOY), resolve=True)
+    plain["loss"]["weighting_typo"] = 1
+    with pytest.raises(ConfigError, match="weighting_typo"):
+        parse_train_config(plain)
 
 
 def test_missing_data_path_is_named(tmp_path):
@@ -350,7 +351,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     from scoresde.training import NonFiniteLossError
 
     x = np.random.default_rng(0).normal(size=(200, 2)).astype(np.float32)
-    x[123] = np.nan
+    x[123] = 3e38  # finite (NaN data are refused when loading), but it overflows inside the network
     data = tmp_path / "points.npz"
     np.savez(data, x=x)
     run = tmp_path / "run"
@@ -385,14 +386,17 @@ def test_speed_knobs_keep_results(tmp_path):
 
 @pytest.mark.parametrize("group", ["model", "data", "sde", "optim", "trainer"])
 def test_every_preset_fits_the_schema(group):
-    """Each option of each config group composes and validates (without building anything)."""
-    import train as script
+    """Each option of each config group composes, validates and names only buildable classes (nothing is built)."""
+    from scoresde.training import parse_train_config
+    from scoresde.training.build import build_preview_sampler, check_buildable
 
     names = sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
     assert names
     for name in names:
         extra = ["data.path=/some/where"] if group == "data" else []
-        cfg = script.validate(compose_cfg(f"{group}={name}", *extra))
+        cfg = parse_train_config(compose_cfg(f"{group}={name}", *extra))
+        check_buildable(cfg)
+        build_preview_sampler(cfg.trainer.sampler)
         assert cfg.trainer.steps > 0
 
 
@@ -401,8 +405,7 @@ def test_slurm_launcher_config_composes():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     from hydra import compose, initialize_config_dir
 
-    import train  # noqa: F401  (registers the schema)
-
+    compose_cfg()  # registers the schema
     with initialize_config_dir(str(ROOT / "conf"), version_base=None):
         cfg = compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
     launcher = cfg.hydra.launcher

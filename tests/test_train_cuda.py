@@ -19,7 +19,7 @@ DIGITS = [
     "trainer.progress=false",
     "trainer.batch_size=64",
     "trainer.sample_n=16",
-    "trainer.sampler_options.steps=20",
+    "trainer.sampler.steps=20",
     "trainer.log_every=5",
     "trainer.eval_every=10",
     "trainer.tensorboard=false",
@@ -27,9 +27,9 @@ DIGITS = [
 
 
 def run(run_dir, *overrides):
-    import train as script
+    from scoresde.training import train
 
-    return script.train(compose_cfg(*DIGITS, *overrides), run_dir)
+    return train(compose_cfg(*DIGITS, *overrides), run_dir)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])

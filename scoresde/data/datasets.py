@@ -81,10 +81,17 @@ def _images_from_array(a: np.ndarray, source: str) -> tuple[torch.Tensor, int | 
         return torch.from_numpy(np.ascontiguousarray(a)).float() / 255, 256
     if not np.issubdtype(a.dtype, np.floating):
         raise DataError(f"{source}: images must be uint8 or float in [0, 1], got dtype {a.dtype}")
+    _check_finite(a, source)
     lo, hi = float(a.min()), float(a.max())
     if lo < 0 or hi > 1:
         raise DataError(f"{source}: float images must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}]")
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)), None
+
+
+def _check_finite(a: np.ndarray, source: str) -> None:
+    bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+    if bad:
+        raise DataError(f"{source}: {bad} NaN / infinite values in the data; clean them before training")
 
 
 def _existing(path: str | Path | None, what: str) -> Path:
@@ -135,30 +142,42 @@ def load_npz(
     test_fraction: float = 0.1,
     seed: int = 0,
 ) -> ArrayDataset:
-    """An array file: points ``(N, D)`` or images ``(N, C, H, W)`` / ``(N, H, W, C)`` / ``(N, H, W)``."""
+    """An array file (``.npz``, or ``.npy`` holding one array): points ``(N, D)`` or images ``(N, C, H, W)`` /
+    ``(N, H, W, C)`` / ``(N, H, W)``. Read without pickle; complex, non-numeric and non-finite data are refused."""
     p = _existing(path, "npz")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            keys = list(z.keys()) if hasattr(z, "keys") else []
-            if key is None:
-                if len(keys) != 1:
-                    raise DataError(f"{p} holds arrays {keys}; choose one with data.key")
-                key = keys[0]
-            if key not in keys:
-                raise DataError(f"{p} has no array {key!r}; it holds {keys}")
-            a = z[key]
-    except DataError:
-        raise
-    except Exception as err:
-        raise DataError(f"cannot read array file {str(p)!r}: {err}") from err
+    a = _read_array_file(p, key)
+    if a.dtype.kind not in "biuf":
+        raise DataError(f"{p}: data must be real numbers (int, uint or float), got dtype {a.dtype}")
     if a.ndim == 2:
-        if not np.issubdtype(a.dtype, np.number):
-            raise DataError(f"{p}: points must be numeric, got dtype {a.dtype}")
+        _check_finite(a, str(p))
         train, test = _split(torch.from_numpy(a.astype(np.float32)), test_fraction, seed)
         return ArrayDataset(train, test, f"npz:{p.name}", is_image=False)
     x, levels = _images_from_array(a, str(p))
     train, test = _split(_resize(x, image_size), test_fraction, seed)
     return ArrayDataset(train, test, f"npz:{p.name}", is_image=True, levels=levels)
+
+
+def _read_array_file(p: Path, key: str | None) -> np.ndarray:
+    try:
+        with open(p, "rb") as f:
+            z = np.load(f, allow_pickle=False)
+            if isinstance(z, np.ndarray):  # a .npy file
+                if key is not None:
+                    raise DataError(f"{p} is a single array (.npy); data.key={key!r} applies to .npz files only")
+                return z
+            with z:
+                keys = list(z.keys())
+                if key is None:
+                    if len(keys) != 1:
+                        raise DataError(f"{p} holds arrays {keys}; choose one with data.key")
+                    key = keys[0]
+                if key not in keys:
+                    raise DataError(f"{p} has no array {key!r}; it holds {keys}")
+                return z[key]
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(f"cannot read array file {str(p)!r} (.npz or .npy, no pickles): {err}") from None
 
 
 def load_folder(

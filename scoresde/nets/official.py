@@ -131,18 +131,65 @@ _SUPPORTED = {"name": "ncsnpp", "nonlinearity": "swish", "normalization": "group
 
 
 def resolve_config(config: dict | str | os.PathLike) -> dict:
-    """A reference config as a nested dict: from a dict, a ``config.json`` path or an :data:`OFFICIAL_CONFIGS` name."""
+    """A reference config as a nested dict: from a dict, a ``config.json`` path or an :data:`OFFICIAL_CONFIGS` name.
+    Every value this module reads is checked for its type (a config file is data: a wrong value is named, not used)."""
     if isinstance(config, dict):
-        return copy.deepcopy(config)
-    if str(config) in OFFICIAL_CONFIGS:
+        cfg = copy.deepcopy(config)
+    elif str(config) in OFFICIAL_CONFIGS:
         return copy.deepcopy(OFFICIAL_CONFIGS[str(config)])
-    path = Path(config)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"config {str(config)!r} is neither a config.json file nor a published config name "
-            f"({', '.join(OFFICIAL_CONFIGS)})"
-        )
-    return json.loads(path.read_text())
+    else:
+        path = Path(config)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"config {str(config)!r} is neither a config.json file nor a published config name "
+                f"({', '.join(OFFICIAL_CONFIGS)})"
+            )
+        try:
+            cfg = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"reference config {str(path)!r} is not valid JSON: {err}") from None
+    check_config_values(cfg, str(config) if not isinstance(config, dict) else "reference config")
+    return cfg
+
+
+_INT, _NUM, _BOOL, _STR, _INTS = "an integer", "a number", "true/false", "a string", "a list of integers"
+_MODEL_KEYS = {
+    _INT: "nf num_res_blocks num_scales conv_size",
+    _INTS: "ch_mult attn_resolutions fir_kernel",
+    _NUM: "dropout fourier_scale init_scale sigma_min sigma_max beta_min beta_max ema_rate",
+    _BOOL: "resamp_with_conv fir skip_rescale scale_by_sigma conditional",
+    _STR: "name resblock_type progressive progressive_input progressive_combine embedding_type nonlinearity "
+    "normalization attention_type",
+}
+_VALUE_TYPES = {
+    "training": {"sde": _STR, "continuous": _BOOL},
+    "data": {"image_size": _INT, "num_channels": _INT, "centered": _BOOL},
+    "model": {key: kind for kind, keys in _MODEL_KEYS.items() for key in keys.split()},
+}
+
+
+def _is(value: Any, kind: str) -> bool:
+    if kind == _BOOL:
+        return isinstance(value, bool)
+    if kind == _STR:
+        return isinstance(value, str)
+    if kind == _INTS:
+        return isinstance(value, list) and all(_is(v, _INT) for v in value)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return number and (kind == _NUM or float(value).is_integer())
+
+
+def check_config_values(cfg: Any, where: str) -> None:
+    """Refuse a reference config whose sections are missing or whose values have the wrong type, naming the key."""
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{where}: a reference config is a mapping with training / model / data sections")
+    for section, types in _VALUE_TYPES.items():
+        node = cfg.get(section)
+        if not isinstance(node, dict):
+            raise ValueError(f"{where}: reference config needs a '{section}' section (a mapping), got {node!r}")
+        for key, kind in types.items():
+            if key in node and not _is(node[key], kind):
+                raise ValueError(f"{where}: {section}.{key}={node[key]!r} must be {kind}")
 
 
 def net_kwargs_from_config(config: dict | str | os.PathLike) -> dict[str, Any]:

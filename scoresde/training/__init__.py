@@ -1,5 +1,7 @@
-"""Training: typed config, the loop (DSM + Adam + EMA + checkpoints + DDP) and its result."""
+"""Training: typed config, the one module that builds objects from it, the loop (DSM + Adam + EMA + checkpoints +
+DDP) and its result. ``train(config, run_dir)`` is the whole job."""
 
+from scoresde.training.build import build_setup, parse_train_config
 from scoresde.training.config import (
     DataConfig,
     LinearWarmup,
@@ -9,7 +11,16 @@ from scoresde.training.config import (
     TrainConfig,
     TrainerConfig,
 )
-from scoresde.training.trainer import NonFiniteLossError, Setup, Trainer, TrainResult, fit, step_generator
+from scoresde.training.trainer import (
+    DiskFullError,
+    NonFiniteLossError,
+    Setup,
+    Trainer,
+    TrainResult,
+    fit,
+    step_generator,
+    train,
+)
 
 __all__ = [
     "DataConfig",
@@ -19,10 +30,14 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "TrainerConfig",
+    "DiskFullError",
     "NonFiniteLossError",
     "Setup",
     "Trainer",
     "TrainResult",
+    "build_setup",
     "fit",
+    "parse_train_config",
     "step_generator",
+    "train",
 ]

@@ -66,8 +66,9 @@ class TrainerConfig:
     eval_examples: int = 1000
     sample_every: int = 0  # sample grid (EMA weights, fixed seed); 0: only at the end
     sample_n: int = 64
-    sampler: str = "euler_maruyama"
-    sampler_options: dict[str, Any] = field(default_factory=lambda: {"steps": 200})
+    # the preview sampler, in the shape of the conf/sampler group: {name: ..., option: value, ...} (a bare name
+    # means that sampler with its defaults)
+    sampler: Any = field(default_factory=lambda: {"name": "euler_maruyama", "steps": 200})
     ckpt_every: int = 500
     keep_every: int = 0  # also keep checkpoints/step_XXXXXXXX.pt every k steps (0: only last.pt)
     export: bool = True  # ema.safetensors at the end
@@ -101,3 +102,90 @@ class LinearWarmup:
 
     def __call__(self, step: int) -> float:
         return 1.0 if self.warmup <= 0 else min((step + 1) / self.warmup, 1.0)
+
+
+# --- checks ---------------------------------------------------------------------------------------------------
+PRECISION_NAMES = ("fp32", "bf16", "fp16")
+
+#: Keys a resumed run may change (how long, how often, where and how it reports); any other difference between the
+#: stored config and the new one means a different experiment and is refused.
+RESUMABLE = (
+    "trainer.steps",
+    "trainer.resume",
+    "trainer.log_every",
+    "trainer.eval_every",
+    "trainer.eval_examples",
+    "trainer.sample_every",
+    "trainer.sample_n",
+    "trainer.sampler",
+    "trainer.ckpt_every",
+    "trainer.keep_every",
+    "trainer.export",
+    "trainer.device",
+    "trainer.progress",
+    "trainer.tensorboard",
+    "trainer.num_threads",
+)
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Refuse values that would fail (or silently mean something else) only after training started."""
+    from scoresde.schema import require
+
+    t = cfg.trainer
+    for key in ("steps", "batch_size", "log_every", "ckpt_every", "grad_accum", "eval_examples"):
+        value = getattr(t, key)
+        require(value >= 1, f"trainer.{key}", value, "must be >= 1")
+    for key in ("eval_every", "sample_every", "sample_n", "keep_every"):
+        value = getattr(t, key)
+        require(value >= 0, f"trainer.{key}", value, "must be >= 0 (0: off / only at the end)")
+    require(t.num_threads is None or t.num_threads >= 1, "trainer.num_threads", t.num_threads, "must be >= 1 or null")
+    require(t.precision in PRECISION_NAMES, "trainer.precision", t.precision, f"choose one of {PRECISION_NAMES}")
+    require(0 <= t.ema_rate <= 1, "trainer.ema_rate", t.ema_rate, "must lie in [0, 1]")
+    ema = cfg.model.ema_rate
+    require(ema is None or 0 <= ema <= 1, "model.ema_rate", ema, "must lie in [0, 1] or be null")
+    require(isinstance(t.sampler, (str, dict)), "trainer.sampler", t.sampler, "a sampler name or {name: ..., ...}")
+    clip = cfg.optim.grad_clip
+    require(clip is None or clip > 0, "optim.grad_clip", clip, "must be > 0 or null (no clipping)")
+    for key in ("sde", "model.net", "optim.optimizer"):
+        node = cfg.sde if key == "sde" else cfg.model.net if key == "model.net" else cfg.optim.optimizer
+        require(isinstance(node, dict), key, node, "must be a config node with a _target_ (pick a preset)")
+    d = cfg.data
+    require(d.n_train >= 1 and d.n_test >= 1, "data.n_train/n_test", (d.n_train, d.n_test), "must be >= 1")
+    require(d.image_size is None or d.image_size >= 1, "data.image_size", d.image_size, "must be >= 1 or null")
+
+
+def migrate_stored_config(data: dict) -> dict:
+    """A config stored by an earlier version in today's shape (``trainer.sampler`` + ``sampler_options`` became one
+    sampler node)."""
+    trainer = data.get("trainer")
+    if isinstance(trainer, dict) and "sampler_options" in trainer:
+        trainer = dict(trainer)
+        options = trainer.pop("sampler_options") or {}
+        name = trainer.get("sampler", "euler_maruyama")
+        trainer["sampler"] = {"name": name, **options} if isinstance(name, str) else name
+        data = {**data, "trainer": trainer}
+    return data
+
+
+def _leaves(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(_leaves(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out if out else {prefix: {}}
+    return {prefix: node}
+
+
+def changed_settings(stored: TrainConfig, new: TrainConfig) -> list[str]:
+    """``key: stored -> new`` for every setting that differs outside :data:`RESUMABLE`."""
+    import dataclasses
+
+    a, b = _leaves(dataclasses.asdict(stored)), _leaves(dataclasses.asdict(new))
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == r or key.startswith(r + ".") for r in RESUMABLE):
+            continue
+        if a.get(key, "<unset>") != b.get(key, "<unset>"):
+            out.append(f"{key}: {a.get(key, '<unset>')!r} -> {b.get(key, '<unset>')!r}")
+    return out

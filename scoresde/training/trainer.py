@@ -11,6 +11,7 @@ the global RNG states (dropout) of torch, CUDA, numpy and python.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import signal
@@ -43,6 +44,8 @@ from scoresde.data import ArrayDataset, BatchTransform, from_model_range, load_d
 from scoresde.ema import EMA
 from scoresde.io import append_jsonl, plot_metrics, save_image_grid, save_npz, save_scatter, truncate_jsonl
 from scoresde.losses import DSMLoss, get_loss
+from scoresde.rundir import RunDirInUse, RunDirLock
+from scoresde.schema import ConfigError
 from scoresde.score import ScoreModel
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -68,10 +71,21 @@ class TrainResult:
     weights: Path | None = None
     eval_loss: float | None = None
     history: list[dict] = field(default_factory=list)
+    stopped_by: int | None = None  # the signal (SIGTERM, SIGINT, SIGUSR1) that stopped the run early, if any
+
+    @property
+    def exit_code(self) -> int:
+        """What a command line should exit with: 0 when finished, ``128 + signal`` when stopped early (143 for
+        SIGTERM), so that ``train && sample`` does not go on with a half-trained model."""
+        return 0 if self.stopped_by is None else 128 + int(self.stopped_by)
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class DiskFullError(OSError):
+    """No space left to write a checkpoint or export; the last good checkpoint is kept."""
 
 
 def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
@@ -119,6 +133,28 @@ class Trainer:
         self.run_dir = Path(D.broadcast_object(str(Path(run_dir).resolve()), self.dist))
         self.ckpt_dir = self.run_dir / CHECKPOINT_DIR
         self.is_main = self.dist.is_main
+        self.lock = RunDirLock(self.run_dir)
+        refused = None
+        if self.is_main:  # one training per run directory; the other ranks share rank 0's
+            try:
+                self.lock.acquire()
+            except RunDirInUse as err:
+                refused = str(err)
+        refused = D.broadcast_object(refused, self.dist)
+        if refused:
+            raise RunDirInUse(refused)
+        try:
+            self._build(cfg, setup)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _build(self, cfg, setup: Setup) -> None:
+        """Data, model, EMA, optimizer, loss and preview sampler; every setting checked before step 1."""
+        from scoresde.training.build import build_preview_sampler
+
+        tc = self.tc
+        self.preview_sampler = build_preview_sampler(tc.sampler)
         world = self.dist.world_size
         if tc.batch_size % (world * tc.grad_accum):
             raise ValueError(
@@ -164,6 +200,7 @@ class Trainer:
         self.step = 0
         self.resumed_from: str | None = None
         self._stop_signal: int | None = None
+        self.stored_config: str | None = None  # the config text of the checkpoint resumed from
         self.history: list[dict] = []
 
         self.train_model = self._training_view()
@@ -216,6 +253,31 @@ class Trainer:
         if "rng" in state:
             set_rng_state(state["rng"])
         self.resumed_from = src
+        self.stored_config = state.get("config") or None
+
+    def check_resumable(self, path: Path) -> None:
+        """Resuming the run directory's own checkpoint continues *that* experiment: settings outside
+        :data:`~scoresde.training.config.RESUMABLE` must equal the stored ones, or nothing is touched."""
+        from scoresde.training.build import parse_train_config
+        from scoresde.training.config import RESUMABLE, changed_settings
+
+        state = load_checkpoint(path)
+        stored = state.get("config")
+        if not stored:
+            return
+        try:
+            before = parse_train_config(stored, f"the config stored in {str(path)!r}")
+        except ConfigError as err:
+            raise CheckpointError(f"cannot compare with the run's stored settings: {err}") from None
+        changed = changed_settings(before, self.cfg)
+        if changed:
+            resumable = ", ".join(r.removeprefix("trainer.") for r in RESUMABLE)
+            raise ConfigError(
+                f"run directory {str(self.run_dir)!r} holds a run with other settings; resuming it may only change "
+                f"trainer.{{{resumable}}}. Changed: " + "; ".join(changed) + ". Start a new run directory "
+                "(hydra.run.dir=...) for new settings, optionally with trainer.resume=<this run> to start from its "
+                "weights."
+            )
 
     def state_dict(self) -> dict:
         return {
@@ -311,12 +373,9 @@ class Trainer:
     @torch.no_grad()
     def sample(self, tag: str) -> Path:
         """Samples of the EMA model from a fixed seed: a PNG grid (images) or scatter (points) + an .npz."""
-        from scoresde.sampling import get_sampler  # lazily: sampling is optional for training itself
-
-        sampler = get_sampler(self.tc.sampler, **dict(self.tc.sampler_options or {}))
         shape = (self.tc.sample_n, *self.data.data_shape)
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 2024)
-        res = sampler(self.setup.sde, self.ema.module, shape, generator=gen, device=self.device)
+        res = self.preview_sampler(self.setup.sde, self.ema.module, shape, generator=gen, device=self.device)
         x = res.samples.float()
         out = self.run_dir / "samples"
         save_npz(out / f"{tag}.npz", samples=x.cpu())
@@ -330,9 +389,10 @@ class Trainer:
     # --- the loop ---------------------------------------------------------------------------------------------
     def save(self) -> Path:
         state = self.state_dict()
-        path = atomic_save(state, self.ckpt_dir / LAST)
-        if self.tc.keep_every and self.step % self.tc.keep_every == 0:
-            atomic_save(state, self.ckpt_dir / f"step_{self.step:08d}.pt")
+        with disk_full_is_an_error(self.ckpt_dir):
+            path = atomic_save(state, self.ckpt_dir / LAST)
+            if self.tc.keep_every and self.step % self.tc.keep_every == 0:
+                atomic_save(state, self.ckpt_dir / f"step_{self.step:08d}.pt")
         return path
 
     def _log(self, record: dict, writer) -> None:
@@ -353,10 +413,17 @@ class Trainer:
         return SummaryWriter(str(self.run_dir / "tb"))
 
     def _on_signal(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self._stop_signal == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the checkpoint
         self._stop_signal = signum
 
-    def _stop_requested(self) -> bool:
-        """Whether any rank got SIGTERM / SIGUSR1 (pre-emption): checked at log steps, on every rank alike."""
+    def _stop_requested(self, log_now: bool) -> bool:
+        """Whether a rank got SIGTERM / SIGINT / SIGUSR1: checked every step in one process, at log steps under DDP
+        (where the flag is summed over the ranks, so that all stop at the same step)."""
+        if not self.dist.enabled:
+            return self._stop_signal is not None
+        if not log_now:
+            return False
         flag = torch.tensor(float(self._stop_signal is not None), device=self.device)
         return float(D.all_reduce_sum(flag, self.dist)) > 0
 
@@ -374,6 +441,8 @@ class Trainer:
         tc = self.tc
         src = self.resume_source()
         if src is not None:
+            if src == run_checkpoint(self.run_dir):
+                self.check_resumable(src)
             self.load(src)
         can_sample = sampling_available()
         if not can_sample and self.is_main and (tc.sample_n > 0 or tc.sample_every):
@@ -393,7 +462,7 @@ class Trainer:
             )
         old_handlers = {}
         with contextlib.suppress(ValueError):  # not the main thread: no handlers
-            for s in (signal.SIGTERM, signal.SIGUSR1):
+            for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
                 old_handlers[s] = signal.signal(s, self._on_signal)
         writer = self._tensorboard()
         bar = None
@@ -416,7 +485,7 @@ class Trainer:
                     bar.update(1)
                 end = self.step == tc.steps
                 log_now = self.step % tc.log_every == 0 or end
-                stop = log_now and self._stop_requested()
+                stop = not end and self._stop_requested(log_now)
                 eval_now = (tc.eval_every and self.step % tc.eval_every == 0) or end
                 ckpt_now = self.step % tc.ckpt_every == 0 or end or stop
                 if log_now or eval_now or ckpt_now:
@@ -450,7 +519,9 @@ class Trainer:
                     D.barrier(self.dist)
                 if stop:
                     if self.is_main:
-                        print(f"[scoresde] pre-empted: checkpoint at step {self.step}, exiting (resume to continue)")
+                        name = signal.Signals(self._stop_signal).name if self._stop_signal else "a signal"
+                        print(f"[scoresde] pre-empted ({name}): checkpoint at step {self.step}, exiting with code "
+                              f"{128 + int(self._stop_signal or 0)} (run again to resume)", flush=True)  # fmt: skip
                     break
         finally:
             if bar is not None:
@@ -461,11 +532,13 @@ class Trainer:
                 signal.signal(s, h)
         result = TrainResult(self.run_dir, self.step, run_checkpoint(self.run_dir), eval_loss=eval_loss)
         result.history = self.history
+        result.stopped_by = self._stop_signal if self.step < tc.steps else None
         if self.is_main and self.step >= tc.steps:
             if tc.sample_n > 0 and can_sample:
                 result.samples = self.sample("final")
             if tc.export:
-                result.weights = self.export(self.run_dir / "ema.safetensors")
+                with disk_full_is_an_error(self.run_dir):
+                    result.weights = self.export(self.run_dir / "ema.safetensors")
             if (self.run_dir / "metrics.jsonl").exists():
                 plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "metrics.png")
             self._summary(result)
@@ -492,6 +565,22 @@ class Trainer:
         print("\n".join(lines), flush=True)
 
 
+@contextlib.contextmanager
+def disk_full_is_an_error(directory: Path):
+    """Turn "no space left on device" while writing into ``directory`` into one clear :class:`DiskFullError`."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        name = errno.errorcode.get(err.errno, "ENOSPC")
+        raise DiskFullError(
+            err.errno,
+            f"no space left on device ({name}) writing into {str(directory)!r}; the last good checkpoint "
+            "is kept — free some space and run again to resume",
+        ) from None
+
+
 def fit(cfg, setup: Setup, run_dir: str | Path) -> TrainResult:
     """Train (or resume) a score model as ``cfg`` says, writing everything under ``run_dir``."""
     threads = torch.get_num_threads()
@@ -502,4 +591,14 @@ def fit(cfg, setup: Setup, run_dir: str | Path) -> TrainResult:
     finally:
         torch.set_num_threads(threads)  # trainer.num_threads is for this run only
         if trainer is not None:
+            trainer.lock.release()
             D.cleanup(trainer.dist)
+
+
+def train(config, run_dir: str | Path) -> TrainResult:
+    """Plain entry point: check ``config`` (a :class:`~scoresde.training.TrainConfig`, a mapping, a Hydra config
+    or YAML text), build what it names (allowlisted classes only) and train in ``run_dir``."""
+    from scoresde.training.build import build_setup, parse_train_config
+
+    cfg = parse_train_config(config)
+    return fit(cfg, build_setup(cfg), run_dir)

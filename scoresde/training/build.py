@@ -1,0 +1,75 @@
+"""From a training config to objects: the one place a :class:`TrainConfig` is turned into an SDE, a network
+factory, optimizer / scheduler factories and the preview sampler.
+
+Only classes on the allowlist of :mod:`scoresde.registry` are built (a config stored inside a checkpoint is data,
+never a list of things to call), and the whole config is checked before anything is built, so a bad value fails
+before training starts and before anything is written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scoresde import registry
+from scoresde.schema import ConfigError, load_yaml, parse, to_yaml
+from scoresde.training.config import TrainConfig, check_train_config, migrate_stored_config
+
+
+def parse_train_config(data: Any, what: str = "training config") -> TrainConfig:
+    """A :class:`TrainConfig` from a mapping, a Hydra config, a YAML text (e.g. the one stored in a checkpoint) or a
+    ``TrainConfig``: unknown keys, wrong types and out-of-range values are refused with the key named."""
+    if isinstance(data, str):
+        data = load_yaml(data, what)
+    if isinstance(data, dict):  # plain data may come from an older version (a Hydra config is current)
+        data = migrate_stored_config(data)
+    cfg = parse(TrainConfig, data, what)
+    check_train_config(cfg)
+    return cfg
+
+
+def sampler_node(node: Any) -> dict:
+    """The preview sampler as ``{name: ..., **options}`` (a bare name means its defaults)."""
+    if isinstance(node, str):
+        return {"name": node}
+    return dict(node)
+
+
+def build_preview_sampler(node: Any):
+    """The sampler of ``trainer.sampler``; an unknown name or option raises before training starts."""
+    from scoresde.jobs.sample import build_sampler
+
+    try:
+        return build_sampler(node)
+    except ConfigError as err:
+        raise ConfigError(f"trainer.{err}") from None
+
+
+def check_buildable(cfg: TrainConfig) -> None:
+    """Every ``_target_`` of the config on the allowlist, every keyword accepted; nothing is built."""
+    registry.check(cfg.sde, "sde")
+    registry.check(cfg.model.net, "model.net", extra={"data_shape": None})
+    registry.check(cfg.optim.optimizer, "optim.optimizer")
+    if cfg.optim.scheduler is not None:
+        registry.check(cfg.optim.scheduler, "optim.scheduler")
+
+
+def build_setup(cfg: TrainConfig):
+    """The SDE, the network / optimizer / scheduler factories and the config text a run stores."""
+    from scoresde.training.trainer import Setup
+
+    check_buildable(cfg)
+    sde = registry.build(cfg.sde, "sde")
+    optimizer = registry.build(cfg.optim.optimizer, "optim.optimizer")
+    scheduler = registry.build(cfg.optim.scheduler, "optim.scheduler") if cfg.optim.scheduler is not None else None
+    if not callable(optimizer) or (scheduler is not None and not callable(scheduler)):
+        raise ConfigError("optim.optimizer and optim.scheduler need _partial_: true (they get the parameters later)")
+    return Setup(
+        sde=sde,
+        make_net=lambda shape: registry.build(cfg.model.net, "model.net", data_shape=list(shape)),
+        make_optimizer=optimizer,
+        make_scheduler=scheduler,
+        config_yaml=to_yaml(cfg),
+    )
+
+
+__all__ = ["build_preview_sampler", "build_setup", "check_buildable", "parse_train_config", "sampler_node"]
