@@ -134,13 +134,15 @@ def resolve_config(config: dict | str | os.PathLike) -> dict:
     """A reference config as a nested dict: from a dict, a ``config.json`` path or an :data:`OFFICIAL_CONFIGS` name."""
     if isinstance(config, dict):
         return copy.deepcopy(config)
-    if str(config) in OFFICIAL_CONFIGS:
-        return copy.deepcopy(OFFICIAL_CONFIGS[str(config)])
+    from scoresde.nets.official_discrete import DISCRETE_CONFIGS
+
+    published = {**OFFICIAL_CONFIGS, **DISCRETE_CONFIGS}
+    if str(config) in published:
+        return copy.deepcopy(published[str(config)])
     path = Path(config)
     if not path.is_file():
         raise FileNotFoundError(
-            f"config {str(config)!r} is neither a config.json file nor a published config name "
-            f"({', '.join(OFFICIAL_CONFIGS)})"
+            f"config {str(config)!r} is neither a config.json file nor a published config name ({', '.join(published)})"
         )
     return json.loads(path.read_text())
 
@@ -299,6 +301,10 @@ class OfficialModel:
 
 def build_from_config(config: dict | str | os.PathLike) -> tuple[ScoreModel, LinearSDE]:
     """A freshly initialised network wrapped in a ``ScoreModel`` with the reference config's SDE."""
+    from scoresde.nets import official_discrete
+
+    if official_discrete.handles(resolve_config(config)):  # discrete training or the DDPM architecture
+        return official_discrete.build_from_config(resolve_config(config))
     kwargs, sde = net_kwargs_from_config(config), sde_from_config(config)
     net = NCSNpp(**kwargs)
     return ScoreModel(net, sde, **score_kwargs_from_config(config)), sde
