@@ -135,14 +135,14 @@ def resolve_config(config: dict | str | os.PathLike) -> dict:
     Every value this module reads is checked for its type (a config file is data: a wrong value is named, not used)."""
     if isinstance(config, dict):
         cfg = copy.deepcopy(config)
-    elif str(config) in OFFICIAL_CONFIGS:
-        return copy.deepcopy(OFFICIAL_CONFIGS[str(config)])
+    elif str(config) in _published():
+        return copy.deepcopy(_published()[str(config)])
     else:
         path = Path(config)
         if not path.is_file():
             raise FileNotFoundError(
                 f"config {str(config)!r} is neither a config.json file nor a published config name "
-                f"({', '.join(OFFICIAL_CONFIGS)})"
+                f"({', '.join(_published())})"
             )
         try:
             cfg = json.loads(path.read_text())
@@ -190,6 +190,13 @@ def check_config_values(cfg: Any, where: str) -> None:
         for key, kind in types.items():
             if key in node and not _is(node[key], kind):
                 raise ValueError(f"{where}: {section}.{key}={node[key]!r} must be {kind}")
+
+
+def _published() -> dict[str, dict]:
+    """Published reference configs by name: continuous (:data:`OFFICIAL_CONFIGS`) and discrete-time ones."""
+    from scoresde.nets.official_discrete import DISCRETE_CONFIGS
+
+    return {**OFFICIAL_CONFIGS, **DISCRETE_CONFIGS}
 
 
 def net_kwargs_from_config(config: dict | str | os.PathLike) -> dict[str, Any]:
@@ -346,6 +353,10 @@ class OfficialModel:
 
 def build_from_config(config: dict | str | os.PathLike) -> tuple[ScoreModel, LinearSDE]:
     """A freshly initialised network wrapped in a ``ScoreModel`` with the reference config's SDE."""
+    from scoresde.nets import official_discrete
+
+    if official_discrete.handles(resolve_config(config)):  # discrete training or the DDPM architecture
+        return official_discrete.build_from_config(resolve_config(config))
     kwargs, sde = net_kwargs_from_config(config), sde_from_config(config)
     net = NCSNpp(**kwargs)
     return ScoreModel(net, sde, **score_kwargs_from_config(config)), sde
