@@ -1,9 +1,11 @@
 """One loader for every trained model the toolkit reads (CONTRACT "Loading"): ``load_model(path)``.
 
 ``path`` may be a scoresde run directory, one of its checkpoints (``checkpoints/last.pt``), an exported
-``ema.safetensors``, or a checkpoint of the reference implementation (``checkpoint_*.pth``, with its
-``config.json`` beside it or ``official_config=`` a published name / path). The result holds the score model (eval
-mode, on the CPU), its SDE, the shape of one sample, the training config and how to map samples back to [0, 1].
+``ema.safetensors``, a checkpoint of the reference implementation (``checkpoint_*.pth``, continuous or discrete
+time, with its ``config.json`` beside it or ``official_config=`` a published name / path), or a local diffusers model
+folder (a ``UNet2DModel`` with its DDPM-type scheduler config; extra ``scoresde[diffusers]``). The result holds the
+score model (eval mode, on the CPU), its SDE, the shape of one sample, the training config and how to map samples
+back to [0, 1].
 
 A checkpoint is data. Files are read with ``torch.load(weights_only=True)`` or safetensors; the training config
 stored inside is parsed into the typed schema and rebuilt from the allowlist of :mod:`scoresde.registry` — nothing
@@ -36,7 +38,7 @@ class LoadedModel:
     config: Any  # the TrainConfig of a scoresde run; the reference config (dict) of a reference checkpoint
     centered: bool = True  # images in [-1, 1] (True) or [0, 1] (False) in the model's space
     source: str = ""  # the file the weights came from
-    kind: str = "scoresde"  # scoresde | reference
+    kind: str = "scoresde"  # scoresde | reference | diffusers
 
     @property
     def is_image(self) -> bool:
@@ -71,6 +73,8 @@ def load_model(
         return _load_export(p)
     if p.is_dir() and not (p / "checkpoints").is_dir() and (p / "ema.safetensors").is_file():
         return _load_export(p / "ema.safetensors")
+    if p.is_dir() and _is_diffusers(p):
+        return _load_diffusers(p)
     file = find_checkpoint(p)
     state = _torch_load(file, map_location)
     if _is_reference(state):
@@ -151,6 +155,21 @@ def _load_export(file: Path) -> LoadedModel:
     shape = parse_data_shape(meta["data_shape"], source)
     model, sde, cfg = build_trained(meta["config"], shape, source)
     return _finish(model, weights, source, "EMA model", sde, cfg, shape)
+
+
+def _is_diffusers(folder: Path) -> bool:
+    """A diffusers model folder (``unet/`` + ``scheduler/``, or ``config.json`` + ``scheduler_config.json``)."""
+    from scoresde.interop.diffusers import is_diffusers_folder
+
+    return is_diffusers_folder(folder)
+
+
+def _load_diffusers(folder: Path) -> LoadedModel:
+    from scoresde.interop.diffusers import load_diffusers
+
+    m = load_diffusers(folder)
+    config = {"scheduler": m.scheduler_config, "prediction_type": m.prediction_type}
+    return LoadedModel(m.score_fn.eval(), m.sde, tuple(m.data_shape), config, True, str(folder), "diffusers")
 
 
 def _load_reference(file: Path, state: dict, official_config, use_ema: bool) -> LoadedModel:

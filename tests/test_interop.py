@@ -249,6 +249,32 @@ def test_load_a_local_folder(tmp_path, unet, layout, monkeypatch):
         assert torch.equal(loaded.score_fn(x, t), direct.score_fn(x, t))
 
 
+def test_sample_and_likelihood_jobs_take_a_diffusers_folder(tmp_path, unet, monkeypatch):
+    """``sample.py ckpt=<folder>`` / ``likelihood.py ckpt=<folder> +data=npz ...`` through :func:`scoresde.load_model`:
+    uint8 NHWC images, and bits/dim of uint8 images with the 8-bit offset in [-1, 1] (diffusers' data range)."""
+    import numpy as np
+
+    import scoresde
+    from scoresde.jobs import likelihood, sample
+    from tests.configs import typed_config
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = tmp_path / "model"
+    diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler()).save_pretrained(folder)
+    m = scoresde.load_model(folder)
+    assert m.kind == "diffusers" and m.data_shape == (3, 8, 8) and m.centered
+    paths = sample.run(
+        typed_config("sample", f"ckpt={folder}", "sampler=ddim", "sampler.steps=3", "n=3"), tmp_path / "s"
+    )
+    arr = np.load(paths["npz"])["arr_0"]
+    assert arr.shape == (3, 8, 8, 3) and arr.dtype == np.uint8
+    images = np.random.default_rng(0).integers(0, 256, size=(4, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "imgs.npz", images=images)
+    res = likelihood.run(typed_config("likelihood", f"ckpt={folder}", "+data=npz", f"data.path={tmp_path / 'imgs.npz'}",
+                                      "data.test_fraction=0.5", "rtol=1e-3", "atol=1e-3"), tmp_path / "l")  # fmt: skip
+    assert res["metric"] == "bits/dim" and res["data_range"] == [-1.0, 1.0] and res["n"] == 2
+
+
 # --- refusals ----------------------------------------------------------------------------------------------------
 
 
