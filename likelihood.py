@@ -7,11 +7,14 @@ A thin Hydra wrapper around :func:`scoresde.jobs.likelihood.run` (schema
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from scoresde.distributed import secondary_rank_argv
 from scoresde.errors import report_errors
 from scoresde.jobs.likelihood import LikelihoodConfig, run
 from scoresde.schema import parse
@@ -27,4 +30,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv += secondary_rank_argv()  # under torchrun, rank 0 writes
     main()

@@ -8,11 +8,14 @@ loads a run directory, checkpoint, ``ema.safetensors`` or reference ``checkpoint
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from scoresde.distributed import secondary_rank_argv
 from scoresde.errors import report_errors
 from scoresde.jobs.sample import SampleConfig, run
 from scoresde.schema import parse
@@ -28,4 +31,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv += secondary_rank_argv()  # under torchrun, rank 0 writes
     main()

@@ -9,17 +9,14 @@ Under ``torchrun`` every rank runs this script; rank 0's run directory is used b
 
 from __future__ import annotations
 
-import atexit
-import shutil
 import sys
-import tempfile
 
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from scoresde.distributed import env_rank
+from scoresde.distributed import secondary_rank_argv
 from scoresde.errors import report_errors
 from scoresde.training import TrainConfig, train
 
@@ -33,14 +30,6 @@ def main(cfg: DictConfig) -> None:
     sys.exit(result.exit_code)
 
 
-def _quiet_secondary_rank() -> None:
-    """Ranks > 0 under torchrun: no Hydra outputs of their own (rank 0's run directory is broadcast)."""
-    if env_rank() > 0:
-        scratch = tempfile.mkdtemp(prefix="scoresde-rank")
-        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
-        sys.argv += [f"hydra.run.dir={scratch}", "hydra/hydra_logging=disabled"]
-
-
 if __name__ == "__main__":
-    _quiet_secondary_rank()
+    sys.argv += secondary_rank_argv()  # under torchrun, rank 0's run directory is the one used
     main()

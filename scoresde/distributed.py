@@ -1,8 +1,10 @@
-"""Data-parallel helpers for ``torchrun --nproc_per_node=K train.py ...`` (DDP; gloo on CPU, nccl on CUDA).
+"""Data-parallel helpers for ``torchrun --nproc_per_node=K {train,sample,likelihood}.py ...`` (gloo on CPU, nccl
+on CUDA).
 
 ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address; without them everything
 here is a no-op for a single process. Rank 0 alone writes files; the run directory is broadcast from rank 0 so
-all ranks agree on it.
+all ranks agree on it. Work that is split over ranks is split by whole batches (:func:`my_share`), so every batch
+is computed exactly as in one process and the gathered result does not depend on the number of processes.
 """
 
 from __future__ import annotations
@@ -103,6 +105,39 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def my_share(items: list, info: DistInfo) -> list:
+    """This rank's items when ``items`` (e.g. batches) are dealt round-robin over the ranks."""
+    return items[info.rank :: info.world_size]
+
+
+def gather_to_main(obj: Any, info: DistInfo) -> list | None:
+    """Every rank's ``obj`` (in rank order) on rank 0, ``None`` on the others; ``[obj]`` in one process."""
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size if info.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def interleave(shares: list[list], n: int) -> list:
+    """Undo :func:`my_share`: the ``n`` items in their original order from each rank's share."""
+    return [shares[i % len(shares)][i // len(shares)] for i in range(n)]
+
+
+def secondary_rank_argv() -> list[str]:
+    """Command-line overrides that keep ranks > 0 of a Hydra script from creating run directories of their own
+    (rank 0 writes; a scratch directory, removed at exit, takes Hydra's)."""
+    if env_rank() == 0:
+        return []
+    import atexit
+    import shutil
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="scoresde-rank")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    return [f"hydra.run.dir={scratch}", "hydra.output_subdir=null", "hydra/hydra_logging=disabled"]
 
 
 def cleanup(info: DistInfo) -> None:

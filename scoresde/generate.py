@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scoresde.distributed import DistInfo, gather_to_main, interleave, my_share
 from scoresde.sampling import Sampler
 from scoresde.sampling.base import progress_iter
 
@@ -43,23 +44,53 @@ def generate(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     progress: bool | None = None,
-) -> GenerateResult:
-    """Samples ``first, ..., first + n - 1`` of the run with ``seed``, in batches of ``batch_size``."""
+    dist: DistInfo | None = None,
+) -> GenerateResult | None:
+    """Samples ``first, ..., first + n - 1`` of the run with ``seed``, in batches of ``batch_size``.
+
+    Under ``torchrun`` (``dist`` with several ranks) the batches are dealt round-robin to the ranks and gathered on
+    rank 0, which returns the whole result (the same as one process: sample ``k`` depends only on ``(seed, k)`` and
+    its batch); the other ranks return ``None``. The progress bar is rank 0's.
+    """
     if n < 1 or batch_size < 1 or first < 0:
         raise ValueError(
             f"need n >= 1, batch_size >= 1 and first >= 0; got n={n}, batch_size={batch_size}, first={first}"
         )
     seeds = np.array([sample_seed(seed, k) for k in range(first, first + n)], dtype=np.uint64)
-    out, nfe = [], 0
-    starts = range(0, n, batch_size)
-    for start in progress_iter(starts, progress, "sampling", total=len(starts)):
-        chunk = seeds[start : start + batch_size]
-        gens = [torch.Generator().manual_seed(int(s)) for s in chunk]
+
+    def batch(start: int, stop: int) -> tuple[torch.Tensor, int]:
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds[start:stop]]
         with torch.no_grad():
-            res = sampler(sde, score_fn, (len(chunk), *data_shape), generator=gens, device=device)
-        out.append(res.samples.cpu())
-        nfe = res.nfe
-    return GenerateResult(torch.cat(out), seeds, nfe)
+            res = sampler(sde, score_fn, (stop - start, *data_shape), generator=gens, device=device)
+        return res.samples, res.nfe
+
+    done = run_batches(n, batch_size, batch, dist, progress)
+    return None if done is None else GenerateResult(done[0], seeds, done[1])
+
+
+def run_batches(
+    n: int,
+    batch_size: int,
+    fn: Callable[[int, int], tuple[torch.Tensor, int]],
+    dist: DistInfo | None = None,
+    progress: bool | None = None,
+) -> tuple[torch.Tensor, int] | None:
+    """``fn(start, stop)`` -> ``(samples, nfe)`` over the batches of ``range(n)``, dealt round-robin to the ranks of
+    ``dist`` and gathered in order on rank 0: ``(all samples on the CPU, nfe of the first batch)`` there, ``None`` on
+    the other ranks. Each batch is computed as in one process, so the result does not depend on the number of
+    processes."""
+    dist = dist or DistInfo()
+    starts = list(range(0, n, batch_size))
+    mine = my_share(starts, dist)
+    out, nfe = [], 0
+    for start in progress_iter(mine, progress if dist.is_main else False, "sampling", total=len(mine)):
+        samples, calls = fn(start, min(start + batch_size, n))
+        out.append(samples.cpu())
+        nfe = nfe or calls
+    shares = gather_to_main((out, nfe), dist)
+    if shares is None:
+        return None
+    return torch.cat(interleave([share for share, _ in shares], len(starts))), shares[0][1]
 
 
 def to_uint8_nhwc(images01: torch.Tensor) -> np.ndarray:

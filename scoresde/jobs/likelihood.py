@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from scoresde.generate import sample_seed
 from scoresde.likelihood import DIVERGENCES
 from scoresde.schema import ConfigError, require
 from scoresde.training.config import DataConfig
@@ -52,14 +53,29 @@ def check(cfg: LikelihoodConfig) -> None:
     require(cfg.eps > 0, "eps", cfg.eps, "must be > 0")
 
 
-def run(cfg: LikelihoodConfig, out_dir: str | Path) -> dict:
-    """The result as a dict (also written to ``out_dir/likelihood.json``)."""
-    from scoresde.data import load_dataset
-    from scoresde.distributed import resolve_device
-    from scoresde.loading import load_model
+def run(cfg: LikelihoodConfig, out_dir: str | Path) -> dict | None:
+    """The result as a dict (also written to ``out_dir/likelihood.json``).
+
+    Example ``k`` is dequantized and probed with its own generator seeded by ``(seed, k)``, and examples are
+    evaluated in fixed batches of ``batch_size``; under ``torchrun --nproc_per_node=K`` the batches are shared out over
+    the processes and rank 0 writes the same result as one process (other ranks return ``None``).
+    """
+    from scoresde.distributed import cleanup, init_distributed
 
     check(cfg)
-    device = resolve_device(cfg.device)
+    dist = init_distributed(cfg.device)
+    try:
+        return _run(cfg, out_dir, dist)
+    finally:
+        cleanup(dist)
+
+
+def _run(cfg: LikelihoodConfig, out_dir: str | Path, dist) -> dict | None:
+    from scoresde.data import load_dataset
+    from scoresde.distributed import gather_to_main, interleave, my_share
+    from scoresde.loading import load_model
+    from scoresde.sampling.base import progress_iter
+
     loaded = load_model(cfg.ckpt, use_ema=cfg.use_ema, official_config=cfg.official_config)
     require(cfg.eps < loaded.sde.T, "eps", cfg.eps, f"must be below the SDE's end time T = {loaded.sde.T}")
     if cfg.data is not None:
@@ -67,25 +83,41 @@ def run(cfg: LikelihoodConfig, out_dir: str | Path) -> dict:
     elif loaded.kind == "scoresde":
         data = loaded.config.data
     else:
-        raise ConfigError("a reference checkpoint needs its data named: e.g. +data=cifar10 data.path=DIR or +data=npz")
+        raise ConfigError(f"a {loaded.kind} model needs its data named: e.g. +data=cifar10 data.path=DIR or +data=npz")
     data_cfg = asdict(data)
     ds = load_dataset(**data_cfg)
     x = ds.test if cfg.split == "test" else ds.train
     x = x[: cfg.n] if cfg.n is not None else x
     if tuple(x.shape[1:]) != tuple(loaded.data_shape):
         raise ConfigError(f"data samples have shape {tuple(x.shape[1:])}, the model takes {tuple(loaded.data_shape)}")
-    model = loaded.model.to(device).eval()
-    gen = torch.Generator().manual_seed(cfg.seed)
+    model = loaded.model.to(dist.device).eval()
     options = dict(eps=cfg.eps, rtol=cfg.rtol, atol=cfg.atol, method=cfg.method, divergence=cfg.divergence)
     if cfg.float64:
         options["dtype"] = torch.float64
-    batches = [x[i : i + cfg.batch_size] for i in range(0, len(x), cfg.batch_size)]
-    start = time.perf_counter()
+    starts = list(range(0, len(x), cfg.batch_size))
+    data_range = (-1.0, 1.0) if loaded.centered else (0.0, 1.0)
+    start_time = time.perf_counter()
+    values, nfe = [], 0
+    for start in progress_iter(my_share(starts, dist), None if dist.is_main else False, "likelihood"):
+        batch = x[start : start + cfg.batch_size].to(dist.device)
+        gens = [torch.Generator().manual_seed(sample_seed(cfg.seed, start + i)) for i in range(len(batch))]
+        if ds.levels:
+            v, calls = _bits_per_dim(loaded.sde, model, batch, ds.levels, data_range, cfg.repeats, gens, options)
+        else:
+            v, calls = _nats(loaded.sde, model, batch, gens, options)
+        values.append(v)
+        nfe += calls
+    shares = gather_to_main((values, nfe), dist)
+    if shares is None:
+        return None
+    v = torch.cat(interleave([share for share, _ in shares], len(starts)))
+    stderr = float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+    result = {"metric": "bits/dim" if ds.levels else "nats/sample", "mean": float(v.mean()), "stderr": stderr,
+              "n": len(v), "nfe": sum(calls for _, calls in shares)}  # fmt: skip
     if ds.levels:
-        result = _bits_per_dim(loaded, model, batches, ds.levels, cfg.repeats, gen, device, options)
-    else:
-        result = _nats(loaded, model, batches, gen, device, options)
-    result.update(wall_s=time.perf_counter() - start, ckpt=str(cfg.ckpt), data=data_cfg.get("kind"), split=cfg.split,
+        result.update(repeats=cfg.repeats, levels=ds.levels, data_range=list(data_range))
+    result.update(wall_s=time.perf_counter() - start_time, ckpt=str(cfg.ckpt), data=data_cfg.get("kind"),
+                  split=cfg.split, processes=dist.world_size,
                   solver=options | {"dtype": "float64" if cfg.float64 else "model"})  # fmt: skip
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -96,27 +128,21 @@ def run(cfg: LikelihoodConfig, out_dir: str | Path) -> dict:
     return result
 
 
-def _bits_per_dim(loaded, model, batches, levels: int, repeats: int, gen, device, options) -> dict:
+def _bits_per_dim(sde, model, batch, levels: int, data_range, repeats: int, gens, options) -> tuple[torch.Tensor, int]:
+    """Bits/dim of each example of a quantized batch, averaged over ``repeats`` dequantizations."""
     from scoresde.likelihood import dataset_bits_per_dim
 
-    data_range = (-1.0, 1.0) if loaded.centered else (0.0, 1.0)
-    res = dataset_bits_per_dim(loaded.sde, model, batches, bits=math.log2(levels), data_range=data_range,
-                               repeats=repeats, generator=gen, device=device, **options)  # fmt: skip
-    return {"metric": "bits/dim", "mean": res.mean, "stderr": res.stderr, "n": res.n, "repeats": res.repeats,
-            "levels": levels, "data_range": list(data_range), "nfe": res.nfe}  # fmt: skip
+    res = dataset_bits_per_dim(sde, model, [batch], bits=math.log2(levels), data_range=data_range, repeats=repeats,
+                               generator=gens, progress=False, **options)  # fmt: skip
+    return res.per_sample, res.nfe
 
 
-def _nats(loaded, model, batches, gen, device, options) -> dict:
+def _nats(sde, model, batch, gens, options) -> tuple[torch.Tensor, int]:
+    """``log p(x)`` in nats of each example of a continuous batch."""
     from scoresde.likelihood import log_likelihood
 
-    values, nfe = [], 0
-    for b in batches:
-        r = log_likelihood(loaded.sde, model, b.to(device), generator=gen, **options)
-        values.append(r.logp.double().cpu())
-        nfe += r.nfe
-    v = torch.cat(values)
-    stderr = float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float("nan")
-    return {"metric": "nats/sample", "mean": float(v.mean()), "stderr": stderr, "n": len(v), "nfe": nfe}
+    r = log_likelihood(sde, model, batch, generator=gens, **options)
+    return r.logp.double().cpu(), r.nfe
 
 
 __all__ = ["LikelihoodConfig", "check", "run"]

@@ -71,73 +71,91 @@ def build_sampler(node: Any):
         raise ConfigError(f"sampler: {err}") from None
 
 
-def run(cfg: SampleConfig, out_dir: str | Path) -> dict[str, Path]:
-    """Load, sample, write ``samples.npz`` / ``samples.png`` / ``sample.json`` into ``out_dir``; returns the paths."""
-    from scoresde.distributed import resolve_device
+def run(cfg: SampleConfig, out_dir: str | Path) -> dict[str, Path] | None:
+    """Load, sample, write ``samples.npz`` / ``samples.png`` / ``sample.json`` into ``out_dir``; returns the paths.
+
+    Under ``torchrun --nproc_per_node=K`` the batches are shared out over the processes and rank 0 writes the same
+    files as one process would (other ranks return ``None``).
+    """
+    from scoresde.distributed import cleanup, init_distributed
+
+    check(cfg)
+    sampler = build_sampler(cfg.sampler)
+    inverse = cfg.mask is not None or cfg.gray is not None
+    if inverse and sampler.name != "pc":
+        raise ConfigError("inpainting / colorization run predictor-corrector sampling: use sampler=pc")
+    dist = init_distributed(cfg.device)
+    try:
+        return _run(cfg, sampler, out_dir, dist)
+    finally:
+        cleanup(dist)
+
+
+def _run(cfg: SampleConfig, sampler, out_dir: str | Path, dist) -> dict[str, Path] | None:
     from scoresde.generate import generate, save_samples
     from scoresde.guidance import guided_score
     from scoresde.loading import load_model
 
-    check(cfg)
-    sampler = build_sampler(cfg.sampler)
-    device = resolve_device(cfg.device)
-    inverse = cfg.mask is not None or cfg.gray is not None
-    if inverse and sampler.name != "pc":
-        raise ConfigError("inpainting / colorization run predictor-corrector sampling: use sampler=pc")
     loaded = load_model(cfg.ckpt, use_ema=cfg.use_ema, official_config=cfg.official_config)
-    model = loaded.model.to(device).eval()
+    model = loaded.model.to(dist.device).eval()
     g = cfg.guidance
     score_fn = guided_score(model, cfg.label, g.kind, g.scale, g.classifier, loaded.sde, loaded.centered)
-    if inverse:
-        res = solve_inverse(cfg, loaded, score_fn, sampler, device)
+    if cfg.mask is not None or cfg.gray is not None:
+        res = solve_inverse(cfg, loaded, score_fn, sampler, dist.device, dist)
     else:
         res = generate(score_fn, loaded.sde, loaded.data_shape, cfg.n, sampler, seed=cfg.seed, first=cfg.first,
-                       batch_size=cfg.batch_size, device=device, progress=cfg.progress)  # fmt: skip
+                       batch_size=cfg.batch_size, device=dist.device, progress=cfg.progress, dist=dist)  # fmt: skip
+    if res is None:  # not rank 0
+        return None
     paths = save_samples(out_dir, res, loaded.to_unit)
-    info = {**to_dict(cfg), "sampler": sampler_node(cfg.sampler), "nfe_per_sample": res.nfe}
+    info = {**to_dict(cfg), "sampler": sampler_node(cfg.sampler), "nfe_per_sample": res.nfe,
+            "processes": dist.world_size}  # fmt: skip
     (Path(out_dir) / "sample.json").write_text(json.dumps(info, indent=2, default=str))
     print(f"[scoresde] {cfg.n} samples ({res.nfe} score evaluations each) -> {', '.join(map(str, paths.values()))}")
     return paths
 
 
-def solve_inverse(cfg: SampleConfig, loaded, score_fn, sampler, device):
+def solve_inverse(cfg: SampleConfig, loaded, score_fn, sampler, device, dist=None):
     """Inpainting (``mask=``, ``known=``) or colorization (``gray=``) with the PC sampler's options; sample ``k``
-    conditions on image ``k`` of the file and is seeded like sample ``k`` of an unconditional run."""
+    conditions on image ``k`` of the file and is seeded like sample ``k`` of an unconditional run. Batches of
+    ``batch_size``, shared out over the ranks of ``dist`` like :func:`scoresde.generate.generate`."""
     from scoresde.data import to_model_range
-    from scoresde.generate import GenerateResult, sample_seed
+    from scoresde.generate import GenerateResult, run_batches, sample_seed
     from scoresde.io import as_images01, as_mask, read_array
     from scoresde.sampling.inverse import colorize, inpaint
 
     if not loaded.is_image:
         raise ConfigError("mask= / gray= need an image model")
     channels, size = loaded.data_shape[0], tuple(loaded.data_shape[1:])
-    if cfg.gray is not None:
-        images = as_images01(read_array(cfg.gray, "gray"), "gray", 1)
-        what = "gray"
-    else:
-        images = as_images01(read_array(cfg.known, "known"), "known", channels)
-        what = "known"
+    what = "gray" if cfg.gray is not None else "known"
+    images = as_images01(read_array(getattr(cfg, what), what), what, 1 if what == "gray" else channels)
+    mask, per_image = None, False
+    if cfg.mask is not None:
         mask, per_image = as_mask(read_array(cfg.mask, "mask"), f"mask={cfg.mask!r}", loaded.data_shape)
-    if len(images) < cfg.first + cfg.n or tuple(images.shape[2:]) != size:
-        raise ConfigError(f"{what}: need images {size} at indices {cfg.first}..{cfg.first + cfg.n - 1}; the file "
-                          f"holds {len(images)} of {tuple(images.shape[2:])}")  # fmt: skip
-    images = images[cfg.first : cfg.first + cfg.n]
+    last = cfg.first + cfg.n
+    if len(images) < last or tuple(images.shape[2:]) != size:
+        raise ConfigError(f"{what}: need images {size} at indices {cfg.first}..{last - 1}; the file holds "
+                          f"{len(images)} of {tuple(images.shape[2:])}")  # fmt: skip
+    if per_image and len(mask) < last:
+        raise ConfigError(f"mask={cfg.mask!r}: {len(mask)} per-image masks for images up to {last - 1}")
+    known = to_model_range(images[cfg.first : last], loaded.centered)
     opts = {k: v for k, v in vars(sampler).items() if k in ("predictor", "corrector", "snr", "n_steps", "steps",
                                                             "eps", "denoise")}  # fmt: skip
-    seeds = [sample_seed(cfg.seed, k) for k in range(cfg.first, cfg.first + cfg.n)]
-    gens = [torch.Generator().manual_seed(s) for s in seeds]
-    known = to_model_range(images, loaded.centered).to(device)
-    with torch.no_grad():
-        if cfg.gray is not None:
-            res = colorize(loaded.sde, score_fn, known, channels=channels, generator=gens, **opts)
-        else:
-            if per_image:
-                if len(mask) < cfg.first + cfg.n:
-                    raise ConfigError(f"mask={cfg.mask!r}: {len(mask)} per-image masks for images up to "
-                                      f"{cfg.first + cfg.n - 1}")  # fmt: skip
-                mask = mask[cfg.first : cfg.first + cfg.n]
-            res = inpaint(loaded.sde, score_fn, known, mask.to(device), generator=gens, **opts)
-    return GenerateResult(res.samples.cpu(), np.array(seeds, dtype=np.uint64), res.nfe)
+    seeds = [sample_seed(cfg.seed, k) for k in range(cfg.first, last)]
+
+    def batch(start: int, stop: int) -> tuple[torch.Tensor, int]:
+        gens = [torch.Generator().manual_seed(s) for s in seeds[start:stop]]
+        x = known[start:stop].to(device)
+        with torch.no_grad():
+            if cfg.gray is not None:
+                res = colorize(loaded.sde, score_fn, x, channels=channels, generator=gens, **opts)
+            else:
+                m = mask[cfg.first + start : cfg.first + stop] if per_image else mask
+                res = inpaint(loaded.sde, score_fn, x, m.to(device), generator=gens, **opts)
+        return res.samples, res.nfe
+
+    done = run_batches(cfg.n, cfg.batch_size, batch, dist, cfg.progress)
+    return None if done is None else GenerateResult(done[0], np.array(seeds, dtype=np.uint64), done[1])
 
 
 __all__ = ["GuidanceConfig", "SampleConfig", "build_sampler", "check", "run", "solve_inverse"]
