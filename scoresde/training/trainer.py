@@ -14,8 +14,6 @@ import contextlib
 import errno
 import json
 import math
-import signal
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -42,11 +40,12 @@ from scoresde.checkpoint import (
 )
 from scoresde.data import ArrayDataset, BatchTransform, from_model_range, load_dataset
 from scoresde.ema import EMA
-from scoresde.io import append_jsonl, plot_metrics, save_image_grid, save_npz, save_scatter, truncate_jsonl
+from scoresde.io import plot_metrics, save_image_grid, save_npz, save_scatter, truncate_jsonl
 from scoresde.losses import DSMLoss, get_loss
 from scoresde.rundir import RunDirInUse, RunDirLock
 from scoresde.schema import ConfigError
 from scoresde.score import ScoreModel
+from scoresde.training.runlog import RunLog, StopRequest
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -92,14 +91,6 @@ def step_generator(seed: int, step: int, device: torch.device) -> torch.Generato
     """The generator of every draw of one step (independent streams for each ``(seed, step)``)."""
     s = int(np.random.SeedSequence([int(seed), int(step)]).generate_state(1, np.uint64)[0]) % (2**63)
     return torch.Generator(device=device).manual_seed(s)
-
-
-def sampling_available() -> bool:
-    try:
-        import scoresde.sampling  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def build_score_model(cfg, setup: Setup, data_shape: tuple[int, ...]) -> ScoreModel:
@@ -199,9 +190,7 @@ class Trainer:
                 raise ValueError(f"model.net.num_classes={self.num_classes} but the data has label {int(labels.max())}")
         self.step = 0
         self.resumed_from: str | None = None
-        self._stop_signal: int | None = None
         self.stored_config: str | None = None  # the config text of the checkpoint resumed from
-        self.history: list[dict] = []
 
         self.train_model = self._training_view()
         n = self.data.train.shape[0]
@@ -386,7 +375,7 @@ class Trainer:
             png = save_scatter(x, out / f"{tag}.png", reference=self.data.test, title=f"{tag} ({res.nfe} NFE)")
         return png
 
-    # --- the loop ---------------------------------------------------------------------------------------------
+    # --- checkpoints ------------------------------------------------------------------------------------------
     def save(self) -> Path:
         state = self.state_dict()
         with disk_full_is_an_error(self.ckpt_dir):
@@ -395,146 +384,99 @@ class Trainer:
                 atomic_save(state, self.ckpt_dir / f"step_{self.step:08d}.pt")
         return path
 
-    def _log(self, record: dict, writer) -> None:
-        self.history.append(record)
-        append_jsonl(self.run_dir / "metrics.jsonl", record)
-        if writer is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, int | float):
-                    writer.add_scalar(k, v, record["step"])
-
-    def _tensorboard(self):
-        if not (self.tc.tensorboard and self.is_main):
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            return None
-        return SummaryWriter(str(self.run_dir / "tb"))
-
-    def _on_signal(self, signum, frame) -> None:
-        if signum == signal.SIGINT and self._stop_signal == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the checkpoint
-        self._stop_signal = signum
-
-    def _stop_requested(self, log_now: bool) -> bool:
-        """Whether a rank got SIGTERM / SIGINT / SIGUSR1: checked every step in one process, at log steps under DDP
-        (where the flag is summed over the ranks, so that all stop at the same step)."""
-        if not self.dist.enabled:
-            return self._stop_signal is not None
-        if not log_now:
-            return False
-        flag = torch.tensor(float(self._stop_signal is not None), device=self.device)
-        return float(D.all_reduce_sum(flag, self.dist)) > 0
-
-    def _check_finite(self, bad: torch.Tensor, since: int) -> None:
-        bad = D.all_reduce_sum(bad.float(), self.dist)
-        if float(bad) > 0:
-            last = self.ckpt_dir / LAST
-            kept = f"the last good checkpoint {str(last)!r} is kept" if last.exists() else "no checkpoint was written"
-            raise NonFiniteLossError(
-                f"loss became NaN or infinite between steps {since} and {self.step}; stopping ({kept}). "
-                "Lower optim.optimizer.lr, enable optim.grad_clip or check the data."
-            )
-
+    # --- the loop ---------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        """Resume if there is something to resume, train to ``trainer.steps`` (or until a stop signal), finish."""
+        self._begin()
         tc = self.tc
+        with StopRequest() as stop, RunLog(self.run_dir, self.is_main, tc.steps, self.step, self.device,
+                                           tc.progress, tc.tensorboard) as log:  # fmt: skip
+            self.model.train()
+            while self.step < tc.steps:
+                log.add(self.train_step(self.step))
+                self.step += 1
+                if self._after_step(log, stop):
+                    break
+        return self._finish(log, stop)
+
+    def _begin(self) -> None:
+        """Resume (the run's own checkpoint only with its own settings), then record the config in effect."""
         src = self.resume_source()
         if src is not None:
             if src == run_checkpoint(self.run_dir):
                 self.check_resumable(src)
             self.load(src)
-        can_sample = sampling_available()
-        if not can_sample and self.is_main and (tc.sample_n > 0 or tc.sample_every):
-            print("[scoresde] scoresde.sampling is not installed: no sample grids", flush=True)
-        if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(self.setup.config_yaml)
-            truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
-            for stale in self.ckpt_dir.glob("*.tmp"):
-                stale.unlink()
-            msg = f"resumed from {self.resumed_from} at step {self.step}" if self.resumed_from else "starting"
-            print(
-                f"[scoresde] {msg}; run dir {self.run_dir}; data {self.data}; "
-                f"{sum(p.numel() for p in self.model.parameters()):,} parameters; device {self.device}"
-                + (f" x {self.dist.world_size} processes" if self.dist.enabled else ""),
-                flush=True,
-            )
-        old_handlers = {}
-        with contextlib.suppress(ValueError):  # not the main thread: no handlers
-            for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
-                old_handlers[s] = signal.signal(s, self._on_signal)
-        writer = self._tensorboard()
-        bar = None
-        if self.is_main and tc.progress:
-            from tqdm import tqdm
+        if not self.is_main:
+            return
+        (self.run_dir / "config.yaml").write_text(self.setup.config_yaml)
+        truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
+        for stale in self.ckpt_dir.glob("*.tmp"):
+            stale.unlink()
+        msg = f"resumed from {self.resumed_from} at step {self.step}" if self.resumed_from else "starting"
+        procs = f" x {self.dist.world_size} processes" if self.dist.enabled else ""
+        params = sum(p.numel() for p in self.model.parameters())
+        print(f"[scoresde] {msg}; run dir {self.run_dir}; data {self.data}; {params:,} parameters; device "
+              f"{self.device}{procs}", flush=True)  # fmt: skip
 
-            bar = tqdm(total=tc.steps, initial=self.step, desc="train", dynamic_ncols=True)
-        self.model.train()
-        bad = torch.zeros((), dtype=torch.bool, device=self.device)
-        window = torch.zeros((), device=self.device)
-        last_check, t0, n0 = self.step, time.perf_counter(), self.step
-        eval_loss = None
-        try:
-            while self.step < tc.steps:
-                loss = self.train_step(self.step)
-                bad |= ~torch.isfinite(loss)
-                window += loss
-                self.step += 1
-                if bar is not None:
-                    bar.update(1)
-                end = self.step == tc.steps
-                log_now = self.step % tc.log_every == 0 or end
-                stop = not end and self._stop_requested(log_now)
-                eval_now = (tc.eval_every and self.step % tc.eval_every == 0) or end
-                ckpt_now = self.step % tc.ckpt_every == 0 or end or stop
-                if log_now or eval_now or ckpt_now:
-                    self._check_finite(bad, last_check)
-                    last_check = self.step
-                if log_now:
-                    n = self.step - n0
-                    mean = float(D.all_reduce_sum(window, self.dist)) / max(n, 1) / self.dist.world_size
-                    rate = n / (time.perf_counter() - t0)
-                    record = {"step": self.step, "loss": mean, "it_s": rate}
-                    if self.scheduler is not None:
-                        record["lr"] = self.optimizer.param_groups[0]["lr"]
-                    if eval_now and self.is_main:
-                        eval_loss = self.held_out_loss()
-                        record["eval_loss"] = eval_loss
-                    if self.is_main:
-                        self._log(record, writer)
-                        if bar is not None:
-                            held = {} if eval_loss is None else {"eval": f"{eval_loss:.4f}"}  # the latest
-                            bar.set_postfix(loss=f"{mean:.4f}", **held)
-                    window.zero_()
-                    t0, n0 = time.perf_counter(), self.step
-                elif eval_now and self.is_main:
-                    eval_loss = self.held_out_loss()
-                    self._log({"step": self.step, "eval_loss": eval_loss}, writer)
-                if can_sample and tc.sample_every and self.step % tc.sample_every == 0 and self.is_main and not end:
-                    self.sample(f"step_{self.step:08d}")
-                if ckpt_now and self.is_main:
-                    self.save()
-                if ckpt_now:
-                    D.barrier(self.dist)
-                if stop:
-                    if self.is_main:
-                        name = signal.Signals(self._stop_signal).name if self._stop_signal else "a signal"
-                        print(f"[scoresde] pre-empted ({name}): checkpoint at step {self.step}, exiting with code "
-                              f"{128 + int(self._stop_signal or 0)} (run again to resume)", flush=True)  # fmt: skip
-                    break
-        finally:
-            if bar is not None:
-                bar.close()
-            if writer is not None:
-                writer.close()
-            for s, h in old_handlers.items():
-                signal.signal(s, h)
-        result = TrainResult(self.run_dir, self.step, run_checkpoint(self.run_dir), eval_loss=eval_loss)
-        result.history = self.history
-        result.stopped_by = self._stop_signal if self.step < tc.steps else None
+    def _after_step(self, log: RunLog, stop: StopRequest) -> bool:
+        """Log, evaluate, preview, checkpoint as the cadences say; ``True`` when a stop signal ends the run here."""
+        tc, step = self.tc, self.step
+        end = step == tc.steps
+        log_now = step % tc.log_every == 0 or end
+        stopping = not end and self._stop_requested(stop, log_now)
+        eval_now = bool(tc.eval_every and step % tc.eval_every == 0) or end
+        ckpt_now = step % tc.ckpt_every == 0 or end or stopping
+        if log_now or eval_now or ckpt_now:
+            self._check_finite(log)
+        values = log.window_stats(self._sum_over_ranks) if log_now else {}
+        if log_now and self.scheduler is not None:
+            values["lr"] = self.optimizer.param_groups[0]["lr"]
+        if eval_now and self.is_main:
+            values["eval_loss"] = self.held_out_loss()
+        if values:
+            log.record(step, **values)
+        if tc.sample_n > 0 and tc.sample_every and step % tc.sample_every == 0 and self.is_main and not end:
+            self.sample(f"step_{step:08d}")
+        if ckpt_now:
+            if self.is_main:
+                self.save()
+            D.barrier(self.dist)
+        if stopping and self.is_main:
+            print(f"[scoresde] pre-empted ({stop.name}): checkpoint at step {step}, exiting with code "
+                  f"{128 + int(stop.signum or 0)} (run again to resume)", flush=True)  # fmt: skip
+        return stopping
+
+    def _sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
+        return D.all_reduce_sum(t, self.dist) / self.dist.world_size
+
+    def _stop_requested(self, stop: StopRequest, log_now: bool) -> bool:
+        """Whether a rank got SIGTERM / SIGINT / SIGUSR1: checked every step in one process, at log steps under DDP
+        (where the flag is summed over the ranks, so that all stop at the same step)."""
+        if not self.dist.enabled:
+            return stop.signum is not None
+        if not log_now:
+            return False
+        flag = torch.tensor(float(stop.signum is not None), device=self.device)
+        return float(D.all_reduce_sum(flag, self.dist)) > 0
+
+    def _check_finite(self, log: RunLog) -> None:
+        bad = D.all_reduce_sum(log.nonfinite.float(), self.dist)
+        if float(bad) > 0:
+            last = self.ckpt_dir / LAST
+            kept = f"the last good checkpoint {str(last)!r} is kept" if last.exists() else "no checkpoint was written"
+            raise NonFiniteLossError(
+                f"loss became NaN or infinite before step {self.step}; stopping ({kept}). "
+                "Lower optim.optimizer.lr, enable optim.grad_clip or check the data."
+            )
+
+    def _finish(self, log: RunLog, stop: StopRequest) -> TrainResult:
+        """After the last step: the final samples, the export, the metrics plot and a summary (rank 0)."""
+        tc = self.tc
+        result = TrainResult(self.run_dir, self.step, run_checkpoint(self.run_dir), eval_loss=log.eval_loss)
+        result.history = log.history
+        result.stopped_by = stop.signum if self.step < tc.steps else None
         if self.is_main and self.step >= tc.steps:
-            if tc.sample_n > 0 and can_sample:
+            if tc.sample_n > 0:
                 result.samples = self.sample("final")
             if tc.export:
                 with disk_full_is_an_error(self.run_dir):
