@@ -79,21 +79,26 @@ _RECIPE = {
 
 
 def _as_digit_images(images: torch.Tensor | np.ndarray, name: str = "images") -> torch.Tensor:
-    """Validate images in ``[0, 1]`` of shape ``(N, 64)`` or ``(N, 1, 8k, 8k)`` and return ``(N, 1, 8, 8)`` float32
-    on the CPU (``k x k`` average pooling for ``k > 1``; values clamped to ``[0, 1]`` after the range check)."""
+    """Validate images in ``[0, 1]`` (or uint8 ``0..255``, as ``samples.npz`` holds them) of shape ``(N, 64)``,
+    ``(N, 8k, 8k)``, ``(N, 1, 8k, 8k)`` or ``(N, 8k, 8k, 1)`` and return ``(N, 1, 8, 8)`` float32 on the CPU
+    (``k x k`` average pooling for ``k > 1``; values clamped to ``[0, 1]`` after the range check)."""
     try:
         x = torch.as_tensor(images)
     except (TypeError, ValueError, RuntimeError) as err:
         raise ValueError(f"{name} must be a real-valued tensor or array: {err}") from err
     if not (x.is_floating_point() or x.dtype in (torch.uint8, torch.int32, torch.int64)):
         raise ValueError(f"{name} must be a real-valued tensor or array, got dtype {x.dtype}")
-    x = x.detach().to("cpu", torch.float32)
+    x = x.detach().to("cpu", torch.float32) / (255.0 if x.dtype == torch.uint8 else 1.0)
     if x.ndim == 2 and x.shape[1] == 64:
         x = x.reshape(-1, 1, 8, 8)
+    elif x.ndim == 3:  # (N, S, S)
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] == 1 and x.shape[1] != 1:  # (N, S, S, 1): the layout samples.npz holds
+        x = x.permute(0, 3, 1, 2)
     if x.ndim != 4 or x.shape[1] != 1 or x.shape[2] != x.shape[3] or x.shape[2] % 8 != 0 or x.shape[2] == 0:
         raise ValueError(
-            f"{name} must have shape (N, 64) or (N, 1, S, S) with S a multiple of 8 (8, 16, 32, ...), "
-            f"got {tuple(x.shape)}"
+            f"{name} must have shape (N, 64), (N, S, S), (N, 1, S, S) or (N, S, S, 1) with S a multiple of 8 "
+            f"(8, 16, 32, ...), got {tuple(x.shape)}"
         )
     if x.shape[0] == 0:
         raise ValueError(f"{name} is empty (N = 0)")

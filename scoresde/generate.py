@@ -16,6 +16,7 @@ import torch
 from scoresde.distributed import DistInfo, gather_to_main, interleave, my_share
 from scoresde.sampling import Sampler
 from scoresde.sampling.base import progress_iter
+from scoresde.utils import derived_seed
 
 
 @dataclass
@@ -30,7 +31,7 @@ class GenerateResult:
 
 def sample_seed(seed: int, k: int) -> int:
     """The seed of sample ``k`` of a run with seed ``seed`` (independent streams for every pair)."""
-    return int(np.random.SeedSequence([int(seed), int(k)]).generate_state(1, np.uint64)[0] % (2**63))
+    return derived_seed(seed, k)
 
 
 def generate(
@@ -104,15 +105,20 @@ def save_samples(
     result: GenerateResult,
     to_unit: Callable[[torch.Tensor], torch.Tensor] | None,
     reference: torch.Tensor | None = None,
+    stem: str = "samples",
 ) -> dict[str, Path]:
-    """Write ``samples.npz`` (``arr_0``: uint8 NHWC images, or float32 points; ``seeds``) and ``samples.png`` (an
-    image grid, or a scatter plot for 2-D points). ``to_unit`` maps model-space images to [0, 1]; ``None`` marks
+    """Write ``<stem>.npz`` and ``<stem>.png``: the one sample format of the toolkit (``sample.py``, the trainer's
+    previews), read back by :func:`read_samples` and by the metrics.
+
+    ``<stem>.npz`` holds ``arr_0`` — images as uint8 ``(N, H, W, C)`` (the layout FID tools read), or points as float32
+    ``(N, D)`` — and ``seeds`` ``(N,)``, the per-sample seeds. ``<stem>.png`` is an image grid, or a scatter plot for
+    2-D points (over ``reference`` data in grey). ``to_unit`` maps model-space images to [0, 1]; ``None`` marks
     low-dimensional data."""
     from scoresde.io import save_image_grid, save_scatter
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"npz": out / "samples.npz", "png": out / "samples.png"}
+    paths = {"npz": out / f"{stem}.npz", "png": out / f"{stem}.png"}
     x = result.samples
     if to_unit is not None:
         images = to_unit(x.float())
@@ -121,7 +127,18 @@ def save_samples(
     else:
         np.savez(paths["npz"], arr_0=x.reshape(x.shape[0], -1).float().numpy(), seeds=result.seeds)
         if x[0].numel() == 2:
-            save_scatter(x.reshape(-1, 2), paths["png"], reference=reference, title=f"{len(x)} samples")
+            title = f"{len(x)} samples ({result.nfe} NFE)"
+            save_scatter(x.reshape(-1, 2), paths["png"], reference=reference, title=title)
         else:
             paths.pop("png")
     return paths
+
+
+def read_samples(path: str | Path) -> torch.Tensor:
+    """Samples written by :func:`save_samples`: images as float ``(N, C, H, W)`` in [0, 1], points as ``(N, D)``."""
+    from scoresde.io import read_array
+
+    a = read_array(path, "samples")
+    if a.dtype == torch.uint8 and a.ndim == 4:
+        return a.permute(0, 3, 1, 2).float() / 255
+    return a.float()

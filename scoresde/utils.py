@@ -54,6 +54,14 @@ def sum_except_batch(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).sum(dim=1)
 
 
+def derived_seed(seed: int, k: int) -> int:
+    """The seed of stream ``k`` of a run with seed ``seed`` (training step ``k``, sample ``k``): independent streams
+    for every pair, from numpy's ``SeedSequence``."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed), int(k)]).generate_state(1, np.uint64)[0] % (2**63))
+
+
 def _draw(
     fn,
     shape: Sequence[int],

@@ -253,7 +253,7 @@ def test_accuracy_label_errors(cache, split):
 @pytest.mark.parametrize(
     ("images", "match"),
     [
-        (torch.rand(4, 3, 8, 8), r"shape \(N, 64\) or \(N, 1, S, S\)"),
+        (torch.rand(4, 3, 8, 8), r"shape \(N, 64\), \(N, S, S\), \(N, 1, S, S\)"),
         (torch.rand(4, 1, 10, 10), "multiple of 8"),
         (torch.rand(4, 63), r"got \(4, 63\)"),
         (torch.zeros(0, 1, 8, 8), "empty"),

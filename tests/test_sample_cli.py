@@ -134,3 +134,20 @@ def test_inpainting_and_colorization_from_the_cli(tmp_path):
         run_sample(tmp_path / "bad", f"ckpt={ckpt}", "sampler=ddim", f"gray={tmp_path / 'gray.npy'}", "n=2")
     with pytest.raises(ConfigError, match="known="):
         run_sample(tmp_path / "bad2", *common, f"mask={tmp_path / 'mask.npy'}")
+
+
+def test_one_sample_format_read_by_the_metrics(tmp_path):
+    """samples.npz (uint8 NHWC images) goes straight into the digits metrics and read_samples, and the trainer's
+    previews are written in the same format."""
+    from scoresde.data import load_dataset
+    from scoresde.digits_metrics import frechet_digits_distance
+    from scoresde.generate import GenerateResult, read_samples, save_samples
+
+    test = load_dataset("digits", image_size=None).test[:64]
+    res = GenerateResult(test * 2 - 1, np.arange(64, dtype=np.uint64), 1)
+    paths = save_samples(tmp_path, res, lambda x: (x + 1) / 2)
+    arr = np.load(paths["npz"])["arr_0"]
+    assert arr.shape == (64, 8, 8, 1) and arr.dtype == np.uint8
+    back = read_samples(paths["npz"])
+    assert back.shape == (64, 1, 8, 8) and (back - test).abs().max() <= 0.5 / 255 + 1e-6
+    assert frechet_digits_distance(arr) == pytest.approx(frechet_digits_distance(back), rel=1e-5)

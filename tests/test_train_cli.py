@@ -120,7 +120,9 @@ def test_toy_end_to_end_samples_match_data(tmp_path):
         "optim.scheduler.lr_lambda.warmup=100",
     )
     assert p.returncode == 0, p.stderr[-3000:]
-    samples = torch.from_numpy(np.load(run / "samples" / "final.npz")["samples"])
+    from scoresde.generate import read_samples
+
+    samples = read_samples(run / "samples" / "final.npz")
     assert samples.shape == (1000, 2) and torch.isfinite(samples).all()
     data = [sample_toy("two_moons", 1000, torch.Generator().manual_seed(100 + k)) for k in range(11)]
     null = max(mmd(data[0], d) for d in data[1:])

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data.distributed import DistributedSampler
@@ -40,12 +39,13 @@ from scoresde.checkpoint import (
 )
 from scoresde.data import ArrayDataset, BatchTransform, from_model_range, load_dataset
 from scoresde.ema import EMA
-from scoresde.io import plot_metrics, save_image_grid, save_npz, save_scatter, truncate_jsonl
+from scoresde.io import plot_metrics, truncate_jsonl
 from scoresde.losses import DSMLoss, get_loss
 from scoresde.rundir import RunDirInUse, RunDirLock
 from scoresde.schema import ConfigError
 from scoresde.score import ScoreModel
 from scoresde.training.runlog import RunLog, StopRequest
+from scoresde.utils import derived_seed
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -89,8 +89,7 @@ class DiskFullError(OSError):
 
 def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
     """The generator of every draw of one step (independent streams for each ``(seed, step)``)."""
-    s = int(np.random.SeedSequence([int(seed), int(step)]).generate_state(1, np.uint64)[0]) % (2**63)
-    return torch.Generator(device=device).manual_seed(s)
+    return torch.Generator(device=device).manual_seed(derived_seed(seed, step))
 
 
 def build_score_model(cfg, setup: Setup, data_shape: tuple[int, ...]) -> ScoreModel:
@@ -361,19 +360,17 @@ class Trainer:
 
     @torch.no_grad()
     def sample(self, tag: str) -> Path:
-        """Samples of the EMA model from a fixed seed: a PNG grid (images) or scatter (points) + an .npz."""
-        shape = (self.tc.sample_n, *self.data.data_shape)
-        gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 2024)
-        res = self.preview_sampler(self.setup.sde, self.ema.module, shape, generator=gen, device=self.device)
-        x = res.samples.float()
-        out = self.run_dir / "samples"
-        save_npz(out / f"{tag}.npz", samples=x.cpu())
-        if self.data.is_image:
-            scale = max(1, 64 // x.shape[-1])  # tiny images (digits 8x8) are enlarged for viewing
-            png = save_image_grid(from_model_range(x, self.cfg.model.centered), out / f"{tag}.png", scale=scale)
-        else:
-            png = save_scatter(x, out / f"{tag}.png", reference=self.data.test, title=f"{tag} ({res.nfe} NFE)")
-        return png
+        """``trainer.sample_n`` samples of the EMA model, seeded per sample by ``(seed, k)`` as ``sample.py seed=<the
+        run's seed>`` would draw them, written by :func:`scoresde.generate.save_samples` as ``samples/<tag>.npz`` and
+        ``.png`` (an image grid, or a scatter plot over the test data for 2-D points)."""
+        from scoresde.generate import generate, save_samples
+
+        res = generate(self.ema.module, self.setup.sde, self.data.data_shape, self.tc.sample_n, self.preview_sampler,
+                       seed=self.cfg.seed, batch_size=self.tc.sample_n, device=self.device, progress=False)  # fmt: skip
+        centered = self.cfg.model.centered
+        to_unit = (lambda x: from_model_range(x, centered)) if self.data.is_image else None
+        paths = save_samples(self.run_dir / "samples", res, to_unit, reference=self.data.test, stem=tag)
+        return paths.get("png", paths["npz"])
 
     # --- checkpoints ------------------------------------------------------------------------------------------
     def save(self) -> Path:
