@@ -112,7 +112,7 @@ def heun_churn(name: str, score: Score, x, grid: list[float], draw: Draw, churn:
     sig_hat = [sched(t).sigma / sched(t).alpha for t in grid]
     n = len(grid) - 1
 
-    def eps_hat(y, sh: float, t: float):
+    def eps_hat(y, t: float):  # the noise prediction at x = alpha(t) y
         c = sched(t)
         return -c.sigma * score(c.alpha * y, _full(t, y))
 
@@ -124,9 +124,9 @@ def heun_churn(name: str, score: Score, x, grid: list[float], draw: Draw, churn:
             s_hat = s_cur * (1 + gamma)
             y = y + math.sqrt(s_hat**2 - s_cur**2) * noise * draw()
             s_cur, t_cur = s_hat, time_of_sigma_hat(name, s_hat)
-        d = eps_hat(y, s_cur, t_cur)
+        d = eps_hat(y, t_cur)
         h = sig_hat[i + 1] - s_cur
-        d2 = eps_hat(y + h * d, sig_hat[i + 1], grid[i + 1])
+        d2 = eps_hat(y + h * d, grid[i + 1])
         y = y + h * (d + d2) / 2
     return sched(grid[-1]).alpha * y
 
