@@ -71,3 +71,20 @@ def test_score_sees_known_part_noised_for_its_own_time(name, corrector):
         z = (xk - c.alpha * y) / c.sigma
         assert abs(float(z.mean())) < 5 / math.sqrt(n), (t, float(z.mean()))
         assert float(z.var()) == pytest.approx(1.0, rel=5 * math.sqrt(2 / n)), (t, float(z.var()))
+
+
+def test_same_generator_same_samples_and_options_take_effect():
+    """The replacement noise comes from the caller's generator (same seed, same samples, whatever the global RNG
+    did in between), and a non-default ``snr`` changes the corrector's steps."""
+    gauss, mask, known, _ = _problem()
+    sde = VESDE()
+    score = gauss.score_fn(sde)
+
+    def run(snr: float) -> torch.Tensor:
+        return inpaint(sde, score, known[:64], mask, corrector="langevin", snr=snr, steps=3,
+                       generator=torch.Generator().manual_seed(0)).samples  # fmt: skip
+
+    a = run(0.5)
+    torch.randn(100)  # the global RNG moves; the samples must not
+    assert torch.equal(a, run(0.5))
+    assert not torch.allclose(a[:, 2:], run(0.16)[:, 2:])

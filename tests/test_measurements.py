@@ -60,6 +60,9 @@ def test_bad_matrices_are_refused():
         OrthogonalMeasurement(torch.ones(4), torch.ones(4))
     with pytest.raises(ValueError, match="orthogonal"):
         OrthogonalMeasurement(torch.ones(2), 2 * torch.eye(2))
+    with pytest.raises(ValueError, match="orthogonal"):
+        OrthogonalMeasurement(torch.ones(4), 1.01 * _orthogonal(4))  # Q Q^T off by 2%
+    OrthogonalMeasurement(torch.ones(4), _orthogonal(4).float())  # float32 rounding (~1e-7) is orthogonal enough
     m = OrthogonalMeasurement(torch.ones(5), _orthogonal(5))
     with pytest.raises(ValueError, match="matrix of size 5 fits neither the channels nor the 6 values of a sample"):
         m.decouple(torch.zeros(3, 6))
