@@ -88,3 +88,23 @@ def test_same_generator_same_samples_and_options_take_effect():
     torch.randn(100)  # the global RNG moves; the samples must not
     assert torch.equal(a, run(0.5))
     assert not torch.allclose(a[:, 2:], run(0.16)[:, 2:])
+
+
+def test_x_init_is_the_starting_point():
+    """``x_init`` replaces the prior draw: the first score call sees it (unknown block; the known block is replaced),
+    in the batch's dtype; a wrong shape is refused naming both shapes."""
+    gauss, mask, known, _ = _problem()
+    sde = VPSDE()
+    x_init = torch.randn(8, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float32)
+    first = []
+
+    def recording(x, t):
+        if not first:
+            first.append(x.clone())
+        return gauss.score(x, t, sde)
+
+    inpaint(sde, recording, known[:8], mask, predictor="euler_maruyama", corrector="none", steps=2,
+            generator=torch.Generator().manual_seed(0), x_init=x_init)  # fmt: skip
+    assert first[0].dtype == F64 and torch.equal(first[0][:, 2:], x_init[:, 2:].double())
+    with pytest.raises(ValueError, match=r"x_init has shape \(3, 4\), expected \(8, 4\)"):
+        inpaint(sde, recording, known[:8], mask, steps=2, x_init=torch.zeros(3, 4))
