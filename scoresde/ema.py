@@ -2,8 +2,11 @@
 
 ``ema = EMA(model, decay)``; after each optimizer step ``ema.update(model)``; ``ema.module`` is the averaged
 model (eval mode, no gradients) used for held-out losses, samples and export. As in the reference
-(``ExponentialMovingAverage(use_num_updates=True)``) the effective decay is ``min(decay, (1 + n) / (10 + n))``
-after ``n`` updates, so short runs are not dominated by the initial weights. Buffers are copied, not averaged.
+(``ExponentialMovingAverage(use_num_updates=True)``, yang-song/score_sde_pytorch ``models/ema.py``) the ``n``-th
+update (``n = 1, 2, ...``; the count is incremented before the decay is computed) uses the decay
+``min(decay, (1 + n) / (10 + n))``: 2/11, 3/12, 4/13, ... so short runs are not dominated by the initial weights.
+``num_updates`` counts the updates made, as the reference's does, so checkpoints carry the same value. Buffers are
+copied, not averaged.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ class EMA(nn.Module):
         self.num_updates = 0
 
     def current_decay(self) -> float:
-        n = self.num_updates
+        """The decay the next :meth:`update` uses: its own 1-based index ``n = num_updates + 1`` enters the warm-up."""
+        n = self.num_updates + 1
         return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
 
     @torch.no_grad()

@@ -89,9 +89,9 @@ def test_ema_update_and_warmup():
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
-    ema.update(model)  # n = 0: decay min(0.9, 1/10) = 0.1
+    ema.update(model)  # the first update (n = 1, the reference's count): decay min(0.9, 2/11)
     for e, s in zip(ema.module.parameters(), start, strict=True):
-        torch.testing.assert_close(e, s + 0.9)
+        torch.testing.assert_close(e, s + 9 / 11)
     assert ema.num_updates == 1 and not any(p.requires_grad for p in ema.module.parameters())
     plain = EMA(model, decay=0.5, warmup=False)
     plain.module.weight.data.zero_()

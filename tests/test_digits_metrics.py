@@ -17,9 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-pytest.importorskip("sklearn")
-
-from scoresde import digits_metrics as dm  # noqa: E402
+from scoresde import digits_metrics as dm
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from conftest import SHARED
+from conftest import shared_path
 from scipy import integrate
 from torch import nn
 
@@ -201,9 +201,7 @@ def test_eps_parameterization_matches_score_form():
 def test_draws_follow_reference_order(name, factory):
     """Reference fixtures: after torch.manual_seed(123) the loss draws t = rand * (1 - eps) + eps, then z."""
     folder = {"vp": "vp_ddpmpp_continuous", "subvp": "subvp_ddpmpp_continuous", "ve": "ve_ncsnpp_continuous"}[name]
-    path = SHARED / "fixtures" / "official_score_sde" / folder / "io.pt"
-    if not path.exists():
-        pytest.skip(f"fixture {path} not found")
+    path = shared_path("fixtures", "official_score_sde", folder, "io.pt")
     io = torch.load(path, weights_only=True)
     sde = factory()
     loss = DSMLoss(sde, eps=float(io["loss_eps"]), reduce_mean=bool(io["reduce_mean"]))
@@ -236,9 +234,8 @@ def test_loss_equals_reference_on_its_checkpoint(folder, use_ema):
     """The reference's DSM loss on its own fixture checkpoint (NCSN++ / DDPM++ loaded into our net), same seed."""
     from scoresde.nets.official import load_official_checkpoint
 
-    root = SHARED / "fixtures" / "official_score_sde" / folder
-    if not (root / "checkpoint.pth").exists():
-        pytest.skip(f"fixture {root} not found")
+    root = shared_path("fixtures", "official_score_sde", folder)
+    shared_path("fixtures", "official_score_sde", folder, "checkpoint.pth")
     io = torch.load(root / "io.pt", weights_only=True)
     model = load_official_checkpoint(root / "checkpoint.pth", root / "config.json", use_ema=use_ema)
     loss = DSMLoss(model.sde, eps=float(io["loss_eps"]), reduce_mean=bool(io["reduce_mean"]))

@@ -94,14 +94,16 @@ class TrainConfig:
 
 
 class LinearWarmup:
-    """Learning-rate factor ``min((step + 1) / warmup, 1)`` (the paper's linear warm-up); a picklable object so
-    ``LambdaLR.state_dict`` stores it as plain values."""
+    """Learning-rate factor ``min(step / warmup, 1)`` of the 0-based optimizer step (the reference's linear warm-up,
+    yang-song/score_sde_pytorch ``losses.optimization_manager`` with ``state['step']`` starting at 0: its first step
+    has learning rate 0). ``LambdaLR`` calls it with 0 for the first step, 1 after one ``scheduler.step()``, ... A
+    picklable object, so ``LambdaLR.state_dict`` stores it as plain values."""
 
     def __init__(self, warmup: int = 5000):
         self.warmup = int(warmup)
 
     def __call__(self, step: int) -> float:
-        return 1.0 if self.warmup <= 0 else min((step + 1) / self.warmup, 1.0)
+        return 1.0 if self.warmup <= 0 else min(step / self.warmup, 1.0)
 
 
 # --- checks ---------------------------------------------------------------------------------------------------
