@@ -81,12 +81,6 @@ def test_main_model_resumes_bitwise_with_dropout(resumed_and_uninterrupted):
     assert not differ, f"{len(differ)} of {len(a)} tensors differ after resume, e.g. {differ[:5]}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trainer.py seeds only torch (torch.manual_seed(cfg.seed) in Trainer.__init__): the numpy and python "
-    "global RNGs start from OS entropy in every process, so the states a checkpoint stores differ between an "
-    "uninterrupted and a resumed run (nothing draws from them today, so training is unaffected)",
-)
 def test_numpy_and_python_rng_states_resume_too(resumed_and_uninterrupted):
     _, a, b = resumed_and_uninterrupted
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(UNSEEDED))

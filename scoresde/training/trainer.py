@@ -87,6 +87,18 @@ class DiskFullError(OSError):
     """No space left to write a checkpoint or export; the last good checkpoint is kept."""
 
 
+def seed_everything(seed: int) -> None:
+    """Seed the global RNGs a checkpoint records (torch CPU and CUDA, numpy, python), so that a resumed run and an
+    uninterrupted one hold the same states."""
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
     """The generator of every draw of one step (independent streams for each ``(seed, step)``)."""
     return torch.Generator(device=device).manual_seed(derived_seed(seed, step))
@@ -169,7 +181,7 @@ class Trainer:
         self.transform = BatchTransform(
             self.data.is_image, cfg.model.centered, self.data.levels, d.dequantize, d.random_flip
         )
-        torch.manual_seed(cfg.seed)  # same initial weights on every rank
+        seed_everything(cfg.seed)  # same initial weights on every rank; every global RNG reproducible
         self.model = build_score_model(cfg, setup, self.data.data_shape).to(self.device)
         if tc.channels_last and self.data.is_image:
             self.model = self.model.to(memory_format=torch.channels_last)
