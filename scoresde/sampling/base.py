@@ -34,8 +34,9 @@ from scoresde.sde import LinearSDE
 from scoresde.utils import Generator, as_time, batch_broadcast
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-#: Called once per step with a dict: ``i`` (step index), ``t`` (time reached, float), ``x`` (state at ``t``) and,
-#: where the sampler computed it, ``denoised`` (the data prediction of that step).
+#: Called once per step, before it, with a dict: ``i`` (step index), ``t`` (grid time of ``x``, a float), ``x``
+#: (the state at ``t``) and ``denoised``: the data prediction there where the sampler has one, else ``None`` (UniPC:
+#: the output at the predicted point, before UniC corrected ``x``).
 StepCallback = Callable[[dict], None]
 Scale = float | torch.Tensor | None
 
