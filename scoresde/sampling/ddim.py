@@ -18,12 +18,13 @@ import math
 import torch
 
 from scoresde.sampling.base import GridOption, GridSampler, StepCallback, as_views, batch_times, progress_iter
-from scoresde.sampling.exponential import GridCoords
+from scoresde.sampling.exponential import GridCoords, cached_per_grid
 from scoresde.sde import LinearSDE
 from scoresde.utils import Generator, randn
 
 
-def ddim_coefficients(coords: GridCoords, eta: float) -> list[tuple[float, float, float]]:
+@cached_per_grid
+def ddim_coefficients(coords: GridCoords, eta: float) -> tuple[tuple[float, float, float], ...]:
     """``(a, b, c)`` of ``x_s = a x_t + b eps_hat + c z`` for every step."""
     out = []
     for i in range(len(coords) - 1):
@@ -31,7 +32,7 @@ def ddim_coefficients(coords: GridCoords, eta: float) -> list[tuple[float, float
         posterior_var = max(s_t**2 - (a_t / a_s) ** 2 * s_s**2, 0.0) * s_s**2 / s_t**2
         c = eta * math.sqrt(posterior_var)
         out.append((a_s / a_t, math.sqrt(max(s_s**2 - c**2, 0.0)) - a_s * s_t / a_t, c))
-    return out
+    return tuple(out)
 
 
 def sample_ddim(

@@ -22,14 +22,21 @@ import numpy as np
 import torch
 
 from scoresde.sampling.base import GridOption, GridSampler, StepCallback, as_views
-from scoresde.sampling.exponential import GridCoords, LinearSteps, basis, check_choice, run_linear_steps
+from scoresde.sampling.exponential import (
+    GridCoords,
+    LinearSteps,
+    basis,
+    cached_per_grid,
+    check_choice,
+    run_linear_steps,
+)
 from scoresde.sde import LinearSDE
 from scoresde.utils import Generator
 
 ALGORITHMS = {"dpmsolver++": "data", "dpmsolver": "noise"}
 
 
-def lower_order_final_applies(lam: list[float], setting: bool | None) -> bool:
+def lower_order_final_applies(lam: tuple[float, ...], setting: bool | None) -> bool:
     """Whether the last steps drop to lower orders (the last to 1, the one before to 2): ``True`` / ``False`` as
     set; ``None`` (automatic) when the grid's last step in ``lambda`` is more than 10% longer than the one before.
 
@@ -43,7 +50,7 @@ def lower_order_final_applies(lam: list[float], setting: bool | None) -> bool:
     return len(lam) > 2 and (lam[-1] - lam[-2]) > 1.1 * (lam[-2] - lam[-3])
 
 
-def step_orders(lam: list[float], order: int, lower_order_final: bool | None) -> list[int]:
+def step_orders(lam: tuple[float, ...], order: int, lower_order_final: bool | None) -> list[int]:
     """The order of each step on the grid with these ``lambda`` values: ``i + 1`` while the history fills, and
     ``steps - i`` at the end when the final steps are lowered."""
     steps = len(lam) - 1
@@ -51,6 +58,7 @@ def step_orders(lam: list[float], order: int, lower_order_final: bool | None) ->
     return [min(order, i + 1, steps - i) if lower else min(order, i + 1) for i in range(steps)]
 
 
+@cached_per_grid
 def dpm_solver_steps(
     coords: GridCoords, order: int = 3, algorithm: str = "dpmsolver++", lower_order_final: bool | None = None
 ) -> LinearSteps:
@@ -82,7 +90,7 @@ def dpm_solver_steps(
             phi3 = phi2 / h - 0.5
             w = w + sign * c * phi2 * d1 - 2 * c * phi3 * d2
         weights.append(tuple(float(v) for v in np.trim_zeros(w, "b")) or (0.0,))
-    return LinearSteps(ALGORITHMS[algorithm], state_coef, weights)
+    return LinearSteps(ALGORITHMS[algorithm], tuple(state_coef), tuple(weights))
 
 
 def sample_dpm_solver(

@@ -18,6 +18,7 @@ one model call per step and a few fused tensor operations.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,20 +32,21 @@ PREDICTIONS = ("data", "noise")
 
 @dataclass(frozen=True)
 class GridCoords:
-    """``alpha``, ``sigma``, ``lambda`` and ``sigma_hat = sigma / alpha`` at every grid time, as float64 lists."""
+    """``alpha``, ``sigma``, ``lambda`` and ``sigma_hat = sigma / alpha`` at every grid time, as float64 tuples
+    (hashable: coefficient tables are cached per grid)."""
 
-    times: list[float]
-    alpha: list[float]
-    sigma: list[float]
-    lam: list[float]
-    sigma_hat: list[float]
+    times: tuple[float, ...]
+    alpha: tuple[float, ...]
+    sigma: tuple[float, ...]
+    lam: tuple[float, ...]
+    sigma_hat: tuple[float, ...]
 
     @classmethod
     def of(cls, sde: LinearSDE, grid: torch.Tensor) -> GridCoords:
         g = grid.detach().to(device="cpu", dtype=torch.float64)
         lam = sde.marginal_lambda(g)
-        return cls(g.tolist(), sde.marginal_alpha(g).tolist(), sde.marginal_std(g).tolist(), lam.tolist(),
-                   torch.exp(-lam).tolist())  # fmt: skip
+        values = (g, sde.marginal_alpha(g), sde.marginal_std(g), lam, torch.exp(-lam))
+        return cls(*(tuple(v.tolist()) for v in values))
 
     def __len__(self) -> int:
         return len(self.times)
@@ -61,9 +63,9 @@ class LinearSteps:
     """
 
     prediction: str
-    state_coef: list[float]
-    weights: list[tuple[float, ...]]
-    corrector: list[tuple[float, ...] | None] | None = None
+    state_coef: tuple[float, ...]
+    weights: tuple[tuple[float, ...], ...]
+    corrector: tuple[tuple[float, ...] | None, ...] | None = None
 
     @property
     def history(self) -> int:
@@ -108,6 +110,12 @@ def run_linear_steps(
         x_prev = x
         x = combine(x, steps.state_coef[i], steps.weights[i], outputs)
     return x
+
+
+def cached_per_grid(build):
+    """Memoize a coefficient-table builder on its (hashable) grid coordinates and options: tables are computed once
+    per grid, however many batches are sampled on it."""
+    return functools.lru_cache(maxsize=128)(build)
 
 
 def basis(n: int) -> list[np.ndarray]:

@@ -15,8 +15,7 @@ import torch
 
 from scoresde.sampling.base import GridOption, GridSampler, StepCallback, as_views, batch_times, progress_iter
 from scoresde.sampling.correctors import CORRECTORS
-from scoresde.sampling.exponential import GridCoords
-from scoresde.sampling.predictors import PREDICTORS
+from scoresde.sampling.predictors import PREDICTORS, UPDATES, grid_schedules
 from scoresde.sde import LinearSDE
 from scoresde.utils import Generator
 
@@ -46,23 +45,23 @@ def sample_pc(
     predictor at ``t_{i+1}``: each time with the time the state has reached."""
     check_pc_choices(predictor, corrector, allow_no_predictor=True)
     model = as_views(model, sde)
-    predict = PREDICTORS.get(predictor)
+    update = UPDATES.get(predictor)
     correct = CORRECTORS[corrector]
-    coords = GridCoords.of(sde, grid)
+    schedules = grid_schedules(sde, grid)  # the predictor's coefficients, once per grid
     times = batch_times(grid, x)
     if constrain is not None:
         x = constrain(x, times[0])
     for i in progress_iter(range(len(grid) - 1), progress, f"pc[{predictor}/{corrector}]"):
         if callback is not None:
-            callback({"i": i, "t": coords.times[i], "x": x, "denoised": None})
-        t, s = times[i], times[i + 1]
+            callback({"i": i, "t": float(grid[i]), "x": x, "denoised": None})
+        t, s, step = times[i], times[i + 1], schedules[i]
         if correct is not None and n_steps > 0:
-            alpha_ts_sq = (coords.alpha[i] / coords.alpha[i + 1]) ** 2
+            alpha_ts_sq = (step.alpha_t / step.alpha_s) ** 2
             x, _ = correct(sde, model, x, t, alpha_ts_sq, snr, n_steps, generator)
             if constrain is not None:
                 x = constrain(x, t)
-        if predict is not None:
-            x, _ = predict(sde, model, x, t, s, generator, probability_flow=probability_flow)
+        if update is not None:
+            x, _ = update(model, x, t, step, generator, probability_flow)
             if constrain is not None:
                 x = constrain(x, s)
     return x

@@ -23,7 +23,7 @@ from scoresde.sampling.base import (
     batch_times,
     progress_iter,
 )
-from scoresde.sampling.exponential import GridCoords, LinearSteps, check_choice, combine
+from scoresde.sampling.exponential import GridCoords, LinearSteps, cached_per_grid, check_choice, combine
 from scoresde.sde import LinearSDE
 from scoresde.utils import Generator
 
@@ -41,6 +41,7 @@ def adams_bashforth_weights(nodes: list[float], a: float, b: float) -> list[floa
     return np.linalg.solve(np.vander(z, increasing=True).T, moments).tolist()
 
 
+@cached_per_grid
 def pndm_steps(coords: GridCoords, variant: str = "f") -> LinearSteps:
     """Coefficients of the PLMS steps (``weights`` of the warm-up steps are left empty: they are Runge–Kutta)."""
     check_choice("variant", variant, VARIANTS)
@@ -55,7 +56,7 @@ def pndm_steps(coords: GridCoords, variant: str = "f") -> LinearSteps:
         h = sigma_hat[i + 1] - sigma_hat[i]
         w = adams_bashforth_weights([sigma_hat[i - j] for j in range(order)], sigma_hat[i], sigma_hat[i + 1])
         weights.append(tuple(alpha[i + 1] * h * wj for wj in w))
-    return LinearSteps("noise", state_coef, weights)
+    return LinearSteps("noise", tuple(state_coef), tuple(weights))
 
 
 def midpoint(sde: LinearSDE, coords: GridCoords, i: int) -> tuple[float, float, float]:

@@ -25,7 +25,15 @@ import torch
 
 from scoresde.sampling.base import GridOption, GridSampler, StepCallback, as_views
 from scoresde.sampling.dpm_solver import step_orders
-from scoresde.sampling.exponential import PREDICTIONS, GridCoords, LinearSteps, basis, check_choice, run_linear_steps
+from scoresde.sampling.exponential import (
+    PREDICTIONS,
+    GridCoords,
+    LinearSteps,
+    basis,
+    cached_per_grid,
+    check_choice,
+    run_linear_steps,
+)
 from scoresde.sde import LinearSDE
 from scoresde.utils import Generator
 
@@ -52,7 +60,7 @@ def unipc_rhs(hh: float, order: int, variant: str) -> tuple[np.ndarray, float]:
 
 
 def unipc_weights(
-    lam: list[float], i: int, order: int, variant: str, prediction: str, corrector: bool
+    lam: tuple[float, ...], i: int, order: int, variant: str, prediction: str, corrector: bool
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Weights of one UniP step (on ``m_i, m_{i-1}, ...``) and of its UniC correction (on ``m_{i+1}, m_i, ...``),
     both without the state term ``a_i x_i``, divided by ``c_{i+1}``."""
@@ -77,6 +85,7 @@ def unipc_weights(
     return predictor[1:], corrected
 
 
+@cached_per_grid
 def unipc_steps(
     coords: GridCoords,
     order: int | None = None,
@@ -105,7 +114,7 @@ def unipc_steps(
             state_coef.append(alpha[i + 1] / alpha[i])
         weights.append(tuple(float(v) for v in scale * w_p))
         corrector.append(tuple(float(v) for v in scale * w_c) if w_c is not None else None)
-    return LinearSteps(prediction, state_coef, weights, corrector if unic else None)
+    return LinearSteps(prediction, tuple(state_coef), tuple(weights), tuple(corrector) if unic else None)
 
 
 def sample_unipc(
