@@ -25,13 +25,13 @@ from scoresde.utils import Generator, randn
 
 @cached_per_grid
 def ddim_coefficients(coords: GridCoords, eta: float) -> tuple[tuple[float, float, float], ...]:
-    """``(a, b, c)`` of ``x_s = a x_t + b eps_hat + c z`` for every step."""
+    """``(a, b, c)`` of ``x_s = a x_t + b eps_hat + c z`` for every step (``c``: the noise std)."""
     out = []
     for i in range(len(coords) - 1):
         a_t, s_t, a_s, s_s = coords.alpha[i], coords.sigma[i], coords.alpha[i + 1], coords.sigma[i + 1]
         posterior_var = max(s_t**2 - (a_t / a_s) ** 2 * s_s**2, 0.0) * s_s**2 / s_t**2
-        c = eta * math.sqrt(posterior_var)
-        out.append((a_s / a_t, math.sqrt(max(s_s**2 - c**2, 0.0)) - a_s * s_t / a_t, c))
+        noise_std = eta * math.sqrt(posterior_var)
+        out.append((a_s / a_t, math.sqrt(max(s_s**2 - noise_std**2, 0.0)) - a_s * s_t / a_t, noise_std))
     return tuple(out)
 
 
@@ -50,14 +50,17 @@ def sample_ddim(
     model = as_views(model, sde)
     coords = GridCoords.of(sde, grid)
     times = batch_times(grid, x)
-    for i, (a, b, c) in enumerate(progress_iter(ddim_coefficients(coords, eta), progress, "ddim")):
-        eps = model.eps(x, times[i], coords.alpha[i], coords.sigma[i])
+    for i, (state_coef, eps_coef, noise_std) in enumerate(
+        progress_iter(ddim_coefficients(coords, eta), progress, "ddim")
+    ):
+        eps_hat = model.eps(x, times[i], coords.alpha[i], coords.sigma[i])
         if callback is not None:
-            callback({"i": i, "t": coords.times[i], "x": x, "denoised": (x - coords.sigma[i] * eps) / coords.alpha[i]})
-        out = x * a
-        out.add_(eps, alpha=b)
+            denoised = (x - coords.sigma[i] * eps_hat) / coords.alpha[i]
+            callback({"i": i, "t": coords.times[i], "x": x, "denoised": denoised})
+        out = x * state_coef
+        out.add_(eps_hat, alpha=eps_coef)
         if eta > 0:
-            out.add_(randn(x.shape, generator=generator, device=x.device, dtype=x.dtype), alpha=c)
+            out.add_(randn(x.shape, generator=generator, device=x.device, dtype=x.dtype), alpha=noise_std)
         x = out
     return x
 

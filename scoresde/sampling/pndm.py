@@ -70,13 +70,13 @@ def pseudo_runge_kutta(
     sde: LinearSDE,
     model: ModelViews,
     x: torch.Tensor,
-    eps: torch.Tensor,
+    eps_hat: torch.Tensor,
     coords: GridCoords,
     i: int,
     variant: str,
     t_next: torch.Tensor,
 ) -> torch.Tensor:
-    """One warm-up step from grid point ``i`` given ``eps`` there: pseudo RK4 (``f``) or improved Euler (``s``)."""
+    """One warm-up step from grid point ``i`` given ``eps_hat`` there: pseudo RK4 (``f``) or improved Euler (``s``)."""
     alpha, sigma_hat = coords.alpha, coords.sigma_hat
     h = sigma_hat[i + 1] - sigma_hat[i]
     y = x / alpha[i]
@@ -85,15 +85,15 @@ def pseudo_runge_kutta(
         return model.eps(a * y_stage, t, a, a * s_hat)
 
     if variant == "s":
-        e2 = eps_at(y + h * eps, t_next, alpha[i + 1], sigma_hat[i + 1])
-        slope = (eps + e2) / 2
+        e2 = eps_at(y + h * eps_hat, t_next, alpha[i + 1], sigma_hat[i + 1])
+        slope = (eps_hat + e2) / 2
     else:
         t_mid, a_mid, s_mid = midpoint(sde, coords, i)
         t_mid = torch.full_like(t_next, t_mid)
-        e2 = eps_at(y + 0.5 * h * eps, t_mid, a_mid, s_mid)
+        e2 = eps_at(y + 0.5 * h * eps_hat, t_mid, a_mid, s_mid)
         e3 = eps_at(y + 0.5 * h * e2, t_mid, a_mid, s_mid)
         e4 = eps_at(y + h * e3, t_next, alpha[i + 1], sigma_hat[i + 1])
-        slope = (eps + 2 * e2 + 2 * e3 + e4) / 6
+        slope = (eps_hat + 2 * e2 + 2 * e3 + e4) / 6
     return alpha[i + 1] * (y + h * slope)
 
 
@@ -116,12 +116,13 @@ def sample_pndm(
     times = batch_times(grid, x)
     history: list[torch.Tensor] = []  # eps_hat at the previous grid points, newest first
     for i in progress_iter(range(len(grid) - 1), progress, f"pndm-{variant}"):
-        eps = model.eps(x, times[i], coords.alpha[i], coords.sigma[i])
-        history = [eps, *history][:order]
+        eps_hat = model.eps(x, times[i], coords.alpha[i], coords.sigma[i])
+        history = [eps_hat, *history][:order]
         if callback is not None:
-            callback({"i": i, "t": coords.times[i], "x": x, "denoised": (x - coords.sigma[i] * eps) / coords.alpha[i]})
+            denoised = (x - coords.sigma[i] * eps_hat) / coords.alpha[i]
+            callback({"i": i, "t": coords.times[i], "x": x, "denoised": denoised})
         if i < warm:
-            x = pseudo_runge_kutta(sde, model, x, eps, coords, i, variant, times[i + 1])
+            x = pseudo_runge_kutta(sde, model, x, eps_hat, coords, i, variant, times[i + 1])
         else:
             x = combine(x, steps.state_coef[i], steps.weights[i], history)
     return x

@@ -120,15 +120,18 @@ class SDEIntSampler(GridSampler):
                 [torchsde.BrownianInterval(size=(1, y0.shape[1]), entropy=_seed(g), **kw) for g in generator]
             )
         # torchsde runs forward in s = T - t. Its fixed-step solvers do not stop on intermediate output times (they
-        # interpolate), so each grid interval is one call with a step a hair longer than the interval: exactly one
-        # solver step, clipped to land on the next time. The Brownian motion is shared by all calls.
+        # interpolate), so a uniform grid is one call with steps a hair longer than span / n (the last one clipped to
+        # the end), and any other grid one call per interval (one step each). The Brownian motion is shared.
         ts = (sde.T - grid.to(torch.float64)).clamp(0.0, span).tolist()
         ts[0], ts[-1] = 0.0, span
+        gaps = torch.tensor(ts).diff()
+        if torch.allclose(gaps, gaps.mean(), rtol=1e-9, atol=0):
+            ts = [0.0, span]
         options = {"grad_free": True} if self.method == "milstein" else None
         field = _ReverseTime(sde, model, tuple(x.shape), eps)
+        dt = float(gaps.max()) * (1 + 1e-9)
         y = y0
         for s0, s1 in zip(ts[:-1], ts[1:], strict=True):
             interval = torch.tensor([s0, s1], dtype=torch.float64, device=y0.device)
-            y = torchsde.sdeint(field, y, interval, bm=bm, method=self.method, dt=(s1 - s0) * (1 + 1e-9),
-                                options=options)[-1]  # fmt: skip
+            y = torchsde.sdeint(field, y, interval, bm=bm, method=self.method, dt=dt, options=options)[-1]
         return y.reshape(x.shape)
