@@ -1,10 +1,13 @@
 """Deterministic samplers converge to the probability-flow ODE solution at their theoretical order.
 
-Reference: SciPy's DOP853 at rtol = atol = 1e-11 from the same x_init (float64), VP SDE, 2-D three-component
-mixture with full covariances and its exact score, integrated from T = 1 to eps = 1e-2 without denoising.
-The empirical order is the least-squares log-log slope of RMS error against steps over a ladder of doublings
-in each method's asymptotic range; it must be within 0.3 of the method's order. The multistep DPM-Solvers start
-with lower-order steps near T, where the VP flow is nearly linear, so their asymptotic order shows on VP.
+Reference: SciPy's DOP853 at rtol = atol = 1e-11 from the same x_init (float64), VP and VE SDEs, 2-D
+three-component mixture with full covariances and its exact score, integrated from T = 1 to eps = 1e-2 without
+denoising. The empirical order is the least-squares log-log slope of RMS error against steps over a ladder of
+doublings in each method's asymptotic range; it must be within 0.25 of the expected slope (measured: every case
+within 0.21). The third-order multistep methods start with lower-order steps near T, where the VP flow is nearly
+linear, so their order shows on VP only (on VE: 2.3-2.6). UniPC-3 with UniC is fourth order per step
+(tests/test_sampling_local.py), but its order-2 start bounds the global order: on this ladder its slope is
+3.4-3.7, asserted as 3.55 +- 0.25 (UniP-3 alone: 3.2).
 """
 
 from __future__ import annotations
@@ -34,7 +37,16 @@ CASES = [
     ("dpm_solver", {"order": 3, "algorithm": "dpmsolver"}, 3, [40, 80, 160, 320]),
     ("pndm", {"variant": "s"}, 2, [20, 40, 80, 160]),
     ("pndm", {"variant": "f"}, 4, [80, 160, 320]),
+    ("unipc", {"order": 1, "unic": False}, 1, [20, 40, 80, 160]),
+    ("unipc", {"order": 1}, 2, [20, 40, 80, 160]),
+    ("unipc", {"order": 2, "unic": False}, 2, [20, 40, 80, 160]),
+    ("unipc", {"order": 2}, 3, [20, 40, 80, 160]),
+    ("unipc", {"order": 2, "prediction": "noise", "variant": "bh1"}, 3, [20, 40, 80, 160]),
+    ("unipc", {"order": 3, "unic": False}, 3, [40, 80, 160, 320]),
+    ("unipc", {"order": 3}, 3.55, [40, 80, 160, 320]),
 ]
+VP_ONLY = [({"order": 3}, "dpm_solver"), ({"order": 3, "algorithm": "dpmsolver"}, "dpm_solver"),
+           ({"order": 3, "unic": False}, "unipc"), ({"order": 3}, "unipc")]  # fmt: skip
 
 
 @pytest.fixture(scope="module", params=["vp", "ve"])
@@ -63,8 +75,8 @@ def empirical_order(sde, score, x0, ref, name, options, ladder) -> tuple[float, 
 @pytest.mark.parametrize("name,options,order,ladder", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
 def test_convergence_order(problem, name, options, order, ladder):
     which, sde, score, x0, ref = problem
-    if which == "ve" and name == "dpm_solver" and options["order"] == 3:
+    if which == "ve" and (options, name) in VP_ONLY:
         pytest.skip("the order-1/2 warm-up steps dominate near T on VE; order 3 is asserted on VP")
     slope, errs = empirical_order(sde, score, x0, ref, name, options, ladder)
-    assert abs(slope - order) < 0.3, f"{name} {options}: slope {slope:.2f}, errors {errs}"
+    assert abs(slope - order) < 0.25, f"{name} {options}: slope {slope:.2f}, errors {errs}"
     assert errs[-1] < 0.05
