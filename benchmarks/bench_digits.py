@@ -77,6 +77,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=359, help="samples per point (the digits test split has 359)")
     ap.add_argument("--steps", default="4,5,6,8,10,15,20,50")
     ap.add_argument("--fit-steps", default="4,5,6", help="step counts for fitted UniPC grids ('' to skip)")
+    ap.add_argument("--fit-n", type=int, default=256, help="prior draws for each fit")
+    ap.add_argument("--fit-evals", type=int, default=None, help="sampler runs per fit (default: 150 per free time)")
+    ap.add_argument("--samplers", default=",".join(SAMPLERS), help="labels of the samplers to run")
     ap.add_argument("--bpd-n", type=int, default=64, help="test images for bits/dim (0 to skip)")
     ap.add_argument("--tols", default="1e-2,1e-3,1e-4,1e-5")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -104,6 +107,8 @@ def main() -> None:
     print("|---|" + "---|" * len(steps_list))
     curves = {}
     for label, (name, opts) in SAMPLERS.items():
+        if label not in args.samplers.split(","):
+            continue
         cells, pts = [], []
         for steps in steps_list:
             if name == "pndm" and steps < 4 or name == "heun" and steps > 25:
@@ -118,7 +123,7 @@ def main() -> None:
 
     fit_steps = [int(s) for s in args.fit_steps.split(",") if s]
     if fit_steps:
-        print("\n### UniPC on fitted grids (256 fit draws, seed 0; the fit's own model calls apart)\n")
+        print(f"\n### UniPC on fitted grids ({args.fit_n} fit draws, seed 0; the fit's own model calls apart)\n")
         print("| steps | NFE | default grid | fitted grid | fit NFE | fit (s) | within 1.3x of the ODE's |")
         print("|---|---|---|---|---|---|---|")
         pts = []
@@ -126,7 +131,8 @@ def main() -> None:
             sampler = get_sampler("unipc", steps=steps)
             start = time.perf_counter()
             grid, fit_nfe, cached = fit_or_load_grid(run if run.is_dir() else run.parent, sde, model, sampler, shape,
-                                                     seed=0, device=args.device)  # fmt: skip
+                                                     seed=0, device=args.device, n=args.fit_n,
+                                                     max_evals=args.fit_evals)  # fmt: skip
             seconds = time.perf_counter() - start
             nfe, fd_default, _ = quality(model, sde, shape, centered, sampler, args.n, args.device)
             _, fd_fit, _ = quality(model, sde, shape, centered, sampler.with_grid(grid), args.n, args.device)

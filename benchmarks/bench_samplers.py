@@ -37,9 +37,10 @@ EPS = 1e-3
 F64 = torch.float64
 
 DETERMINISTIC = {
-    "unipc (defaults: logistic, auto order)": ("unipc", {}),
-    "unipc order 2, logistic": ("unipc", {"order": 2}),
-    "unipc order 3, logistic": ("unipc", {"order": 3}),
+    "unipc (defaults: logsnr, auto order)": ("unipc", {}),
+    "unipc auto order, logistic": ("unipc", {"grid": "logistic"}),
+    "unipc order 2, logistic": ("unipc", {"order": 2, "grid": "logistic"}),
+    "unipc order 3, logistic": ("unipc", {"order": 3, "grid": "logistic"}),
     "unipc order 3, logsnr (= diffusers bh2 o3 exponential)": ("unipc", {"order": 3, "grid": "logsnr"}),
     "unipc order 3, noise pred., logsnr": ("unipc", {"order": 3, "prediction": "noise", "grid": "logsnr"}),
     "dpm_solver++ 3 (defaults: logsnr)": ("dpm_solver", {}),
@@ -139,12 +140,12 @@ def lower_order_final_table(problem: Problem, steps_list) -> None:
 
 
 def fit_table(problem: Problem, steps_list) -> None:
-    print(f"\n### Fitted grids, VP, {problem.kind}: UniPC (defaults) on its default grid vs fitted (512 fit draws)\n")
-    print("| steps = NFE | default grid | fitted grid | fit NFE | fit time (s) | fitted times |")
+    print(f"\n### Fitted grids, VP, {problem.kind}: UniPC (auto order), logistic grid vs fitted (512 fit draws)\n")
+    print("| steps = NFE | logistic grid | fitted grid | fit NFE | fit time (s) | fitted times |")
     print("|---|---|---|---|---|---|")
     x_fit = torch.randn(512, problem.dim, generator=torch.Generator().manual_seed(11), dtype=F64)
     for steps in steps_list:
-        sampler = get_sampler("unipc", steps=steps, eps=EPS, denoise=False)
+        sampler = get_sampler("unipc", steps=steps, eps=EPS, denoise=False, grid="logistic")
         start = time.perf_counter()
         fit = fit_grid(problem.sde, problem.score, sampler, x_fit)
         seconds = time.perf_counter() - start

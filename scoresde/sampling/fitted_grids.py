@@ -155,12 +155,15 @@ def weights_digest(model) -> str | None:
     return digest.hexdigest()
 
 
-def fit_key(sde: LinearSDE, score_fn, sampler: GridSampler, data_shape, seed: int, n: int, dtype) -> dict:
+def fit_key(
+    sde: LinearSDE, score_fn, sampler: GridSampler, data_shape, seed: int, n: int, dtype, max_evals: int | None
+) -> dict:
     """Everything a fitted grid depends on."""
     bare = copy.copy(sampler)
     bare.progress = None
     return {"version": CACHE_VERSION, "sampler": repr(bare), "sde": repr(sde), "data_shape": list(data_shape),
-            "seed": int(seed), "n": int(n), "dtype": str(dtype), "weights": weights_digest(score_fn)}  # fmt: skip
+            "seed": int(seed), "n": int(n), "dtype": str(dtype), "max_evals": max_evals,
+            "weights": weights_digest(score_fn)}  # fmt: skip
 
 
 def _read_cache(path: Path, key: str, sde: LinearSDE, steps: int, final: float) -> dict | None:
@@ -190,11 +193,14 @@ def fit_or_load_grid(
     device: torch.device | str | None = None,
     n: int = 256,
     dtype: torch.dtype = torch.float32,
+    max_evals: int | None = None,
 ) -> tuple[torch.Tensor, int, bool]:
     """``(grid, fit_nfe, cached)``: the fitted grid of ``sampler`` for this model, loaded from ``cache_dir`` when a
     valid record of the same fit exists, else fitted on ``n`` prior draws seeded by ``seed`` (``data_shape`` is the
-    shape of one sample) and saved there. ``fit_nfe`` is the fit's model calls (0 when loaded)."""
-    key_dict = fit_key(sde, score_fn, sampler, data_shape, seed, n, dtype)
+    shape of one sample; ``max_evals`` as :func:`fit_grid`'s) and saved there. ``fit_nfe`` is the fit's model calls
+    (0 when loaded). The cache key holds the sampler and its options, the SDE, the seed, ``n``, the dtype,
+    ``max_evals`` and a SHA-256 of the model's weights (for an ``nn.Module``)."""
+    key_dict = fit_key(sde, score_fn, sampler, data_shape, seed, n, dtype, max_evals)
     key = json.dumps(key_dict, sort_keys=True)
     start = sampler.time_grid(sde)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -204,7 +210,7 @@ def fit_or_load_grid(
         return cached["grid"], 0, True
     gen = torch.Generator().manual_seed(int(seed))
     x_init = sde.prior_sampling((int(n), *data_shape), generator=gen, dtype=dtype).to(device)
-    fit = fit_grid(sde, score_fn, sampler, x_init)
+    fit = fit_grid(sde, score_fn, sampler, x_init, max_evals=max_evals)
     record = {"key": key, "grid": fit.grid, "fit_nfe": fit.fit_nfe, "improved": fit.improved,
               "heldout_error": list(fit.heldout_error)}  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,8 +12,8 @@ work for VP, sub-VP, VE and any ``LinearSDE`` alike, whatever its ``T``:
   "exponential" sigmas);
 * ``logistic``  — uniform in ``sigma_c / (sigma_c + sigma_hat)`` with ``sigma_c = e^(-1/2) = 0.61`` (a typical data
   scale), i.e. ``lambda`` at the quantiles of a logistic distribution centred at ``1/2``: denser than ``logsnr``
-  where ``sigma_hat`` is near the data scale, sparser at both ends. Measured best for few-step UniPC
-  (benchmarks/bench_samplers.py).
+  where ``sigma_hat`` is near the data scale, sparser at both ends. Measured best for few-step UniPC on exact
+  mixture scores (benchmarks/bench_samplers.py; on the trained digits model ``logsnr`` is better from 6 steps).
 
 The final time ``eps`` defaults to the SDE's own ``sde.eps`` where it defines one, else ``1e-3``.
 """
