@@ -225,6 +225,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer points (a smoke run)")
     ap.add_argument("--parts", default="quality,lof,fit,stochastic,overhead")
     ap.add_argument("--problems", default="ring,gmm16")
+    ap.add_argument("--overhead-models", default="exact,mlp", help="exact (cheap score) and/or mlp")
+    ap.add_argument("--reps", type=int, default=15, help="interleaved repetitions of the overhead timing")
     args = ap.parse_args()
     torch.set_num_threads(1)
     parts = set(args.parts.split(","))
@@ -266,10 +268,12 @@ def main() -> None:
         for label, pts in rows.items():
             print(f"| {label} | " + " | ".join(f"{nfe}: {sw:.3f}" for nfe, sw in pts) + " |")
     if "overhead" in parts:
-        for kind, what in (("exact", "exact mixture score, batch 512"), ("mlp", "MLP 0.5 M parameters, batch 4096")):
-            print(f"\n### Loop overhead, CPU, 1 thread, {what}: sampler time / (NFE bare calls), median of 15\n")
+        models = {"exact": "exact mixture score, batch 512", "mlp": "MLP 0.5 M parameters, batch 4096"}
+        for kind in args.overhead_models.split(","):
+            print(f"\n### Loop overhead, CPU, 1 thread, {models[kind]}: sampler time / (NFE bare calls), median of "
+                  f"{args.reps}\n")  # fmt: skip
             print("| sampler | NFE | wall ratio | CPU-time ratio |\n|---|---|---|---|")
-            for label, nfe, wall, cpu in overhead(kind):
+            for label, nfe, wall, cpu in overhead(kind, reps=args.reps):
                 print(f"| {label} | {nfe} | {wall:.3f} | {cpu:.3f} |")
 
 
