@@ -216,14 +216,22 @@ def test_fit_refuses_stochastic_samplers_and_one_step():
         optimize_grid(sde, mix.score_fn(sde), get_sampler("ddim", steps=1), x)
 
 
+class ShiftedScore(torch.nn.Module):
+    """The exact mixture score plus a linear layer initialised to zero: a module, so its weights key the cache."""
+
+    def __init__(self, mix, sde):
+        super().__init__()
+        self.mix, self.sde = mix, sde
+        self.net = torch.nn.Linear(2, 2).double()
+        torch.nn.init.zeros_(self.net.weight), torch.nn.init.zeros_(self.net.bias)
+
+    def forward(self, x, t):
+        return self.mix.score(x, t, self.sde) + self.net(x)
+
+
 def test_fit_or_load_grid_caches_and_validates(tmp_path):
     sde, mix = VPSDE(), eight_gaussians_mixture()
-    net = torch.nn.Linear(2, 2).double()  # a module: its weights are part of the cache key
-    torch.nn.init.zeros_(net.weight), torch.nn.init.zeros_(net.bias)
-
-    def score_fn(x, t):
-        return mix.score(x, t, sde) + net(x)
-
+    score_fn = ShiftedScore(mix, sde)
     sampler = get_sampler("dpm_solver", steps=4, order=2)
     args = (tmp_path, sde, score_fn, sampler, (2,))
     grid, nfe, cached = fit_or_load_grid(*args, seed=1, n=32, dtype=F64)
@@ -234,6 +242,8 @@ def test_fit_or_load_grid_caches_and_validates(tmp_path):
     assert cached2 and nfe2 == 0 and torch.equal(again, grid)
     other, _, cached3 = fit_or_load_grid(*args, seed=2, n=32, dtype=F64)  # another seed: another fit, another file
     assert not cached3 and len(list(tmp_path.glob("*.pt"))) == 2
+    assert not fit_or_load_grid(tmp_path, sde, score_fn, get_sampler("dpm_solver", steps=4, order=3), (2,), seed=1,
+                                n=32, dtype=F64)[2]  # other options: another fit  # fmt: skip
     # a corrupted or foreign cache file is data: refused with a warning, refitted, rewritten
     torch.save({"key": "something else", "grid": grid, "fit_nfe": 3}, files[0])
     with pytest.warns(UserWarning, match="ignoring the cached grid"):
@@ -245,6 +255,9 @@ def test_fit_or_load_grid_caches_and_validates(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert fit_or_load_grid(*args, seed=1, n=32, dtype=F64)[2]
+    with torch.no_grad():
+        score_fn.net.bias.fill_(1e-3)  # other weights: the cached fit is not theirs
+    assert not fit_or_load_grid(*args, seed=1, n=32, dtype=F64)[2]
 
 
 def test_grid_error_math():

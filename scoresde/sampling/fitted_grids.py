@@ -12,7 +12,6 @@ checks the result: a fit that does not beat the start grid on those held-out poi
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -158,12 +157,17 @@ def weights_digest(model) -> str | None:
 def fit_key(
     sde: LinearSDE, score_fn, sampler: GridSampler, data_shape, seed: int, n: int, dtype, max_evals: int | None
 ) -> dict:
-    """Everything a fitted grid depends on."""
-    bare = copy.copy(sampler)
-    bare.progress = None
-    return {"version": CACHE_VERSION, "sampler": repr(bare), "sde": repr(sde), "data_shape": list(data_shape),
-            "seed": int(seed), "n": int(n), "dtype": str(dtype), "max_evals": max_evals,
-            "weights": weights_digest(score_fn)}  # fmt: skip
+    """Everything a fitted grid depends on (JSON-serializable: the sampler's options with a grid as its times)."""
+
+    def plain(value):
+        if isinstance(value, torch.Tensor):
+            return value.tolist()
+        return value if isinstance(value, (bool, int, float, str, type(None))) else repr(value)
+
+    options = {k: plain(getattr(sampler, k)) for k in sampler.option_names() if k != "progress" and hasattr(sampler, k)}
+    return {"version": CACHE_VERSION, "sampler": sampler.name, "options": options, "sde": repr(sde),
+            "data_shape": list(data_shape), "seed": int(seed), "n": int(n), "dtype": str(dtype),
+            "max_evals": max_evals, "weights": weights_digest(score_fn)}  # fmt: skip
 
 
 def _read_cache(path: Path, key: str, sde: LinearSDE, steps: int, final: float) -> dict | None:
