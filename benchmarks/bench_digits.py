@@ -57,10 +57,18 @@ def train(run_dir: Path, overrides: str) -> None:
 
 
 def load(run: Path):
-    sys.path.insert(0, str(ROOT))
-    from train import load_trained  # the root script's loader (moves into the library with issue 14)
+    """``(model, sde, data_shape, centered)`` of a run: through ``scoresde.load_model`` where the library has it
+    (issue 14), else the root script's loader."""
+    try:
+        from scoresde import load_model
+    except ImportError:
+        sys.path.insert(0, str(ROOT))
+        from train import load_trained
 
-    return load_trained(run)
+        model, sde, cfg = load_trained(run)
+        return model, sde, tuple(model.data_shape), bool(cfg.model.centered)
+    loaded = load_model(run)
+    return loaded.model, loaded.sde, tuple(loaded.data_shape), bool(loaded.centered)
 
 
 def quality(model, sde, shape, centered, sampler, n, device):
@@ -87,10 +95,8 @@ def main() -> None:
     if args.train:
         train(Path(args.train).resolve(), args.train_overrides)
     run = Path(args.run or args.train or "outputs/main")
-    model, sde, cfg = load(run)
+    model, sde, shape, centered = load(run)
     model = model.to(args.device)
-    shape = tuple(model.data_shape)
-    centered = bool(cfg.model.centered)
     steps_list = [int(s) for s in args.steps.split(",")]
 
     t0 = time.perf_counter()
