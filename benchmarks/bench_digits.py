@@ -1,15 +1,22 @@
-"""Trained digits model: sample quality (digits Fréchet distance) vs NFE per sampler, and bits/dim vs tolerance.
+"""Trained digits model: sample quality (digits Fréchet distance) vs NFE per sampler, fitted grids, bits/dim.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_digits.py --run outputs/main [--n 359] [--device cuda]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_digits.py --train /tmp/digits_run [--train-overrides "..."]
 
-Needs a trained run (the main job: `make run`). Prints markdown tables and writes
-benchmarks/results/digits_quality.png.
+``--train DIR`` first trains the main job's recipe (``python train.py`` with its defaults, plus ``--train-overrides``)
+into ``DIR`` (skipped when ``DIR`` already holds a finished run), so the table can be rerun on a changed recipe.
+The reference value is the converged probability-flow ODE (dopri5, rtol = atol = 1e-5); each sampler's NFE counts
+its final denoising step. Fitted grids (UniPC) are fitted on 256 prior draws and cached in the run directory.
+Prints markdown tables and writes benchmarks/results/digits_quality.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,13 +26,16 @@ from scoresde.data import from_model_range
 from scoresde.digits_metrics import classifier_scores, digits_split, frechet_digits_distance
 from scoresde.generate import generate
 from scoresde.likelihood import dataset_bits_per_dim
-from scoresde.sampling import get_sampler
+from scoresde.sampling import fit_or_load_grid, get_sampler
 
+ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
 
 SAMPLERS = {
-    "dpm_solver-3": ("dpm_solver", {"order": 3}),
-    "dpm_solver-2": ("dpm_solver", {"order": 2}),
+    "unipc (defaults)": ("unipc", {}),
+    "unipc order 3": ("unipc", {"order": 3}),
+    "dpm_solver++ 3 (defaults)": ("dpm_solver", {}),
+    "dpm_solver++ 2": ("dpm_solver", {"order": 2}),
     "heun": ("heun", {}),
     "pndm": ("pndm", {}),
     "ddim": ("ddim", {}),
@@ -34,59 +44,125 @@ SAMPLERS = {
 }
 
 
+def train(run_dir: Path, overrides: str) -> None:
+    if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
+        print(f"(using the run in {run_dir})")
+        return
+    cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", "trainer.progress=false",
+           *shlex.split(overrides)]  # fmt: skip
+    print("training:", " ".join(cmd), flush=True)
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    print(f"(trained in {time.perf_counter() - start:.0f} s)")
+
+
+def load(run: Path):
+    """``(model, sde, data_shape, centered)`` of a run (``scoresde.load_model``)."""
+    from scoresde import load_model
+
+    loaded = load_model(run)
+    return loaded.model, loaded.sde, tuple(loaded.data_shape), bool(loaded.centered)
+
+
+def quality(model, sde, shape, centered, sampler, n, device):
+    res = generate(model, sde, shape, n, sampler, seed=0, batch_size=512, device=device)
+    images = from_model_range(res.samples, centered)
+    return res.nfe, frechet_digits_distance(images), classifier_scores(images).confidence
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", default="outputs/main", help="run directory, checkpoint or ema.safetensors")
+    ap.add_argument("--run", default=None, help="run directory, checkpoint or ema.safetensors")
+    ap.add_argument("--train", default=None, help="train the main-job recipe into this directory first")
+    ap.add_argument("--train-overrides", default="", help="extra train.py overrides, e.g. 'loss.name=edm'")
     ap.add_argument("--n", type=int, default=359, help="samples per point (the digits test split has 359)")
-    ap.add_argument("--steps", default="5,10,20,50,100")
-    ap.add_argument("--bpd-n", type=int, default=64, help="test images for bits/dim")
+    ap.add_argument("--steps", default="4,5,6,8,10,15,20,50")
+    ap.add_argument("--fit-steps", default="4,5,6", help="step counts for fitted UniPC grids ('' to skip)")
+    ap.add_argument("--fit-n", type=int, default=256, help="prior draws for each fit")
+    ap.add_argument("--fit-evals", type=int, default=None, help="sampler runs per fit (default: 150 per free time)")
+    ap.add_argument("--samplers", default=",".join(SAMPLERS), help="labels of the samplers to run")
+    ap.add_argument("--bpd-n", type=int, default=64, help="test images for bits/dim (0 to skip)")
     ap.add_argument("--tols", default="1e-2,1e-3,1e-4,1e-5")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
-    from scoresde import load_model
-
-    loaded = load_model(args.run)
-    model, sde, cfg = loaded.model, loaded.sde, loaded.config
+    if args.train:
+        train(Path(args.train).resolve(), args.train_overrides)
+    run = Path(args.run or args.train or "outputs/main")
+    model, sde, shape, centered = load(run)
     model = model.to(args.device)
-    shape = tuple(model.data_shape)
-    centered = bool(cfg.model.centered)
     steps_list = [int(s) for s in args.steps.split(",")]
 
+    t0 = time.perf_counter()
+    ode = get_sampler("ode", rtol=1e-5, atol=1e-5)
+    nfe_ode, fd_ode, conf_ode = quality(model, sde, shape, centered, ode, args.n, args.device)
+    real = digits_split()
+    fd_real = frechet_digits_distance(real.train_images[: args.n])
     print(f"\n### Digits samples vs NFE ({args.n} samples each; Fréchet distance² to the test split)\n")
+    print(
+        f"Converged ODE (dopri5, tol 1e-5): {fd_ode:.1f} at {nfe_ode} NFE (confidence {conf_ode:.2f}); real "
+        f"training images vs test: {fd_real:.1f}.\nCells: NFE: Fréchet distance (classifier confidence).\n"
+    )
     print("| sampler | " + " | ".join(f"steps {s}" for s in steps_list) + " |")
     print("|---|" + "---|" * len(steps_list))
     curves = {}
     for label, (name, opts) in SAMPLERS.items():
+        if label not in args.samplers.split(","):
+            continue
         cells, pts = [], []
         for steps in steps_list:
-            sampler = get_sampler(name, steps=steps, **opts)
-            res = generate(model, sde, shape, args.n, sampler, seed=0, batch_size=512, device=args.device)
-            images = from_model_range(res.samples, centered)
-            fd = frechet_digits_distance(images)
-            conf = classifier_scores(images).confidence
-            cells.append(f"NFE {res.nfe}: {fd:.1f} ({conf:.2f})")
-            pts.append((res.nfe, fd))
+            if name == "pndm" and steps < 4 or name == "heun" and steps > 25:
+                cells.append("")
+                continue
+            nfe, fd, conf = quality(model, sde, shape, centered, get_sampler(name, steps=steps, **opts), args.n,
+                                    args.device)  # fmt: skip
+            cells.append(f"{nfe}: {fd:.1f} ({conf:.2f})")
+            pts.append((nfe, fd))
         curves[label] = pts
-        print(f"| {label} | " + " | ".join(cells) + " |")
-    real = digits_split()
-    print(f"\n(reference: real training images vs test {frechet_digits_distance(real.train_images[: args.n]):.1f}; "
-          "in parentheses the classifier's mean confidence)")  # fmt: skip
+        print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
 
-    print(f"\n### Bits/dim of the digits test split ({args.bpd_n} images, 17 levels, 1 dequantization, Rademacher)\n")
-    print("| rtol = atol | bits/dim | ± s.e. | NFE per batch | wall (s) |\n|---|---|---|---|---|")
-    test = real.test_images[: args.bpd_n]
-    if shape[-1] != test.shape[-1]:
-        test = torch.nn.functional.interpolate(test, size=shape[-2:], mode="nearest")
-    data_range = (-1.0, 1.0) if centered else (0.0, 1.0)
+    fit_steps = [int(s) for s in args.fit_steps.split(",") if s]
+    if fit_steps:
+        print(f"\n### UniPC on fitted grids ({args.fit_n} fit draws, seed 0; the fit's own model calls apart)\n")
+        print("| steps | NFE | default grid | fitted grid | fit NFE | fit (s) | within 1.3x of the ODE's |")
+        print("|---|---|---|---|---|---|---|")
+        pts = []
+        for steps in fit_steps:
+            sampler = get_sampler("unipc", steps=steps)
+            start = time.perf_counter()
+            grid, fit_nfe, cached = fit_or_load_grid(run if run.is_dir() else run.parent, sde, model, sampler, shape,
+                                                     seed=0, device=args.device, n=args.fit_n,
+                                                     max_evals=args.fit_evals)  # fmt: skip
+            seconds = time.perf_counter() - start
+            nfe, fd_default, _ = quality(model, sde, shape, centered, sampler, args.n, args.device)
+            _, fd_fit, _ = quality(model, sde, shape, centered, sampler.with_grid(grid), args.n, args.device)
+            took = "cached" if cached else f"{seconds:.0f}"
+            ok = "yes" if fd_fit <= 1.3 * fd_ode else "no"
+            print(f"| {steps} | {nfe} | {fd_default:.1f} | {fd_fit:.1f} | {fit_nfe} | {took} | {ok} |", flush=True)
+            pts.append((nfe, fd_fit))
+        curves["unipc, fitted grid"] = pts
+    print(f"\n(sampling table: {time.perf_counter() - t0:.0f} s)")
+
     bpd_rows = []
-    for tol in (float(s) for s in args.tols.split(",")):
-        t0 = time.perf_counter()
-        r = dataset_bits_per_dim(sde, model, [test], bits=math.log2(17), data_range=data_range, repeats=1,
-                                 generator=torch.Generator().manual_seed(0), device=args.device, rtol=tol, atol=tol,
-                                 divergence="hutchinson_rademacher")  # fmt: skip
-        wall = time.perf_counter() - t0
-        bpd_rows.append((tol, r.mean, r.stderr, r.nfe, wall))
-        print(f"| {tol:g} | {r.mean:.4f} | {r.stderr:.4f} | {r.nfe} | {wall:.1f} |")
+    if args.bpd_n:
+        print(f"\n### Bits/dim of the digits test split ({args.bpd_n} images, 17 levels, 1 dequantization, "
+              "Rademacher)\n")  # fmt: skip
+        print("| time variable | rtol = atol | bits/dim | ± s.e. | NFE per batch | wall (s) |")
+        print("|---|---|---|---|---|---|")
+        test = real.test_images[: args.bpd_n]
+        if shape[-1] != test.shape[-1]:
+            test = torch.nn.functional.interpolate(test, size=shape[-2:], mode="nearest")
+        data_range = (-1.0, 1.0) if centered else (0.0, 1.0)
+        for time_variable in ("t", "lambda"):
+            for tol in (float(s) for s in args.tols.split(",")):
+                start = time.perf_counter()
+                r = dataset_bits_per_dim(sde, model, [test], bits=math.log2(17), data_range=data_range, repeats=1,
+                                         generator=torch.Generator().manual_seed(0), device=args.device, rtol=tol,
+                                         atol=tol, divergence="hutchinson_rademacher",
+                                         time_variable=time_variable)  # fmt: skip
+                wall = time.perf_counter() - start
+                bpd_rows.append((time_variable, tol, r.mean, r.stderr, r.nfe, wall))
+                print(f"| {time_variable} | {tol:g} | {r.mean:.4f} | {r.stderr:.4f} | {r.nfe} | {wall:.1f} |",
+                      flush=True)  # fmt: skip
 
     import matplotlib
 
@@ -96,10 +172,15 @@ def main() -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for label, pts in curves.items():
         a.loglog([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=label)
+    a.axhline(fd_ode, color="k", lw=0.5, ls="--", label="converged ODE")
+    a.axhline(1.3 * fd_ode, color="k", lw=0.5, ls=":", label="1.3x converged")
     a.set(xlabel="NFE", ylabel="digits Fréchet distance²", title="trained digits model: quality vs NFE")
-    a.legend(fontsize=7)
-    b.semilogx([r[3] for r in bpd_rows], [r[1] for r in bpd_rows], "o-")
+    a.legend(fontsize=6)
+    for tv in ("t", "lambda"):
+        rows = [r for r in bpd_rows if r[0] == tv]
+        b.semilogx([r[4] for r in rows], [r[2] for r in rows], "o-", label=f"time variable {tv}")
     b.set(xlabel="NFE", ylabel="bits/dim", title="bits/dim vs ODE tolerance")
+    b.legend(fontsize=7)
     fig.tight_layout()
     OUT.mkdir(parents=True, exist_ok=True)
     fig.savefig(OUT / "digits_quality.png", dpi=110)

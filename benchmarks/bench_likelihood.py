@@ -9,6 +9,8 @@ and tolerance is scored by its mean absolute error in nats, its number of score 
   per evaluation, as the reference code does (there: GPU -> CPU -> GPU). Both Dormand–Prince 5(4); the time ratio is
   reported at equal accuracy (SciPy's time interpolated, log-log, at dopri5's error).
 * Hutchinson (Gaussian, Rademacher) vs exact divergence: spread of the estimate per sample, bias, and cost.
+* The time variable: dopri5 in ``t`` (default) vs in ``lambda = log(alpha / sigma)`` (``time_variable="lambda"``,
+  state ``x / alpha``): the NFE ratio at equal accuracy (interpolated log-log in the error).
 
 Everything in float64 with the exact divergence unless stated. Prints markdown tables and writes PNG plots into
 ``benchmarks/results/``::
@@ -104,6 +106,11 @@ def accuracy_rows(name, dim, args, device) -> list[Row]:
                 continue
             res, sec = timed(lambda: log_likelihood(sde, score, x, EPS, tol, tol, method, "exact"))  # noqa: B023
             rows.append(Row(name, dim, method, f"{tol:.0e}", err(res.logp), res.nfe, sec))
+    for tol in args.tols:
+        res, sec = timed(
+            lambda: log_likelihood(sde, score, x, EPS, tol, tol, "dopri5", "exact", time_variable="lambda")  # noqa: B023
+        )
+        rows.append(Row(name, dim, "dopri5 (lambda)", f"{tol:.0e}", err(res.logp), res.nfe, sec))
     for steps in args.rk4_steps:
         opts = {"step_size": (sde.T - EPS) / steps}
         res, sec = timed(lambda: log_likelihood(sde, score, x, EPS, method="rk4", divergence="exact", options=opts))  # noqa: B023
@@ -128,6 +135,17 @@ def speedup_at_equal_accuracy(rows: list[Row]) -> list[tuple[str, float, float, 
         if le[0] <= e <= le[-1]:
             t_ref = math.exp(float(np.interp(e, le, lt)))
             out.append((r.setting, r.error, t_ref, t_ref / r.seconds))
+    return out
+
+
+def nfe_ratio_at_equal_accuracy(rows: list[Row], solver: str, baseline: str = "dopri5") -> list[tuple[float, float]]:
+    """For each point of ``solver``: (its error, its NFE / the baseline's NFE interpolated log-log at that error)."""
+    ref = sorted((r for r in rows if r.solver == baseline), key=lambda r: r.error)
+    le, ln = np.log([r.error for r in ref]), np.log([r.nfe for r in ref])
+    out = []
+    for r in rows:
+        if r.solver == solver and le[0] <= math.log(r.error) <= le[-1]:
+            out.append((r.error, r.nfe / math.exp(float(np.interp(math.log(r.error), le, ln)))))
     return out
 
 
@@ -184,6 +202,13 @@ def print_tables(rows, speed, hutch, args):
     ratios = [item[3] for items in speed.values() for item in items]
     if ratios:
         print(f"\nmedian SciPy / ours at equal accuracy: {np.median(ratios):.2f}x over {len(ratios)} points")
+    print("\n## Time variable: NFE of dopri5 in lambda / NFE in t at equal accuracy (log-log interpolation)\n")
+    print("| SDE | D | error (nats) | NFE ratio lambda / t |")
+    print("|---|---|---|---|")
+    for name, dim in sorted({(r.sde, r.dim) for r in rows}):
+        sel = [r for r in rows if (r.sde, r.dim) == (name, dim)]
+        for error, ratio in nfe_ratio_at_equal_accuracy(sel, "dopri5 (lambda)"):
+            print(f"| {name} | {dim} | {error:.2e} | {ratio:.2f} |")
     setting = f"batch {args.hutch_batch}, {args.probes} probes, tol {args.hutch_tol:g}"
     print(f"\n## Hutchinson vs exact divergence ({setting})\n")
     print("| SDE | D | divergence | per-sample std (nats) | mean error ± s.e. (nats) | NFE | wall (s) |")
@@ -202,7 +227,7 @@ def plot(rows, configs, out: Path):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(configs), 2, figsize=(10, 3.2 * len(configs)), squeeze=False)
-    styles = {"dopri5": "o-", "bosh3": "s-", "rk4": "^-", "scipy_RK45": "x--"}
+    styles = {"dopri5": "o-", "dopri5 (lambda)": "d-", "bosh3": "s-", "rk4": "^-", "scipy_RK45": "x--"}
     for i, (name, dim) in enumerate(configs):
         for solver, style in styles.items():
             sel = [r for r in rows if (r.sde, r.dim, r.solver) == (name, dim, solver)]

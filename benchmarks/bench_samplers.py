@@ -1,19 +1,25 @@
-"""Sampler benchmark: quality vs NFE on analytic mixtures, and loop overhead on a small network.
+"""Sampler benchmark: quality vs NFE on exact mixtures, lower_order_final, fitted grids, and loop overhead.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_samplers.py [--quick]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_samplers.py [--quick] [--parts quality,lof,fit,stochastic,overhead]
 
-1. Deterministic samplers vs the exact probability-flow ODE solution (SciPy DOP853, rtol = atol = 1e-11) from the
-   same prior draws, VP SDE, a 2-D and a 16-D mixture: RMSE relative to the data std, against NFE; and the NFE
-   each needs to reach RMSE <= 1e-2 (the reference's RK45 ODE sampler: rtol = atol in 1e-2 .. 1e-5).
-2. Stochastic samplers: sliced Wasserstein distance to data vs NFE (null level: two data samples).
-3. Overhead: wall time of a sampler / (NFE x time of one score call) with a small MLP score network.
-Prints markdown tables and writes benchmarks/results/samplers_quality.png.
+Problems (the peer benchmark's, ../shared/peers): VP SDE, the 2-D 8-Gaussians ring and ``random_mixture(16, 4,
+seed=7)``; 512 start points ``x_T ~ N(0, I)`` (float64, seed 2024) integrated from ``T = 1`` to ``1e-3`` without
+the final denoising step. Reference: SciPy DOP853 at rtol = atol = 1e-11 from the same points. Error: RMSE over the
+best 99% of trajectories, per dimension, divided by the std of the reference end points (the peers' metric).
+
+1. ``quality``: error vs NFE of the deterministic samplers; the fewest NFE reaching 1e-2 and 1e-3.
+2. ``lof``: ``lower_order_final`` off / on / automatic for UniPC and DPM-Solver on the logsnr and logistic grids.
+3. ``fit``: grids fitted (:func:`scoresde.sampling.fit_grid`) on 512 other prior draws, scored on the benchmark's.
+4. ``stochastic``: sliced Wasserstein distance to data vs NFE (null level: two data samples).
+5. ``overhead``: sampler time / (NFE x one bare call), interleaved, median of 15, with the exact score on 512 points
+   (a cheap call) and a 0.5 M-parameter MLP on 4096 points; wall and process CPU time.
+Prints markdown tables; writes benchmarks/results/samplers_quality.png.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import statistics
 import time
 from pathlib import Path
 
@@ -22,23 +28,30 @@ import torch
 from scoresde.data import eight_gaussians_mixture, random_mixture
 from scoresde.metrics import sliced_wasserstein
 from scoresde.nets import MLP
-from scoresde.sampling import get_sampler
+from scoresde.sampling import fit_grid, get_sampler
 from scoresde.score import ScoreModel
 from scoresde.sde import VPSDE
 
 OUT = Path(__file__).resolve().parent / "results"
 EPS = 1e-3
+F64 = torch.float64
 
 DETERMINISTIC = {
-    "dpm_solver-3 (++)": ("dpm_solver", {"order": 3}),
-    "dpm_solver-2 (++)": ("dpm_solver", {"order": 2}),
-    "dpm_solver-2 (noise)": ("dpm_solver", {"order": 2, "algorithm": "dpmsolver"}),
+    "unipc (defaults: logsnr, auto order)": ("unipc", {}),
+    "unipc auto order, logistic": ("unipc", {"grid": "logistic"}),
+    "unipc order 2, logistic": ("unipc", {"order": 2, "grid": "logistic"}),
+    "unipc order 3, logistic": ("unipc", {"order": 3, "grid": "logistic"}),
+    "unipc order 3, logsnr (= diffusers bh2 o3 exponential)": ("unipc", {"order": 3, "grid": "logsnr"}),
+    "unipc order 3, noise pred., logsnr": ("unipc", {"order": 3, "prediction": "noise", "grid": "logsnr"}),
+    "dpm_solver++ 3 (defaults: logsnr)": ("dpm_solver", {}),
+    "dpm_solver++ 2, logsnr": ("dpm_solver", {"order": 2}),
+    "dpm_solver++ 2, logistic": ("dpm_solver", {"order": 2, "grid": "logistic"}),
     "heun (EDM)": ("heun", {}),
     "pndm (F)": ("pndm", {}),
     "pndm (S)": ("pndm", {"variant": "s"}),
     "ddim": ("ddim", {}),
-    "euler (PF-ODE)": ("euler_maruyama", {"probability_flow": True, "grid": "logsnr"}),
-    "ode rk4": ("ode", {"method": "rk4", "grid": "logsnr"}),
+    "euler (PF-ODE), logsnr": ("euler_maruyama", {"probability_flow": True, "grid": "logsnr"}),
+    "ode rk4, logsnr": ("ode", {"method": "rk4", "grid": "logsnr"}),
 }
 ADAPTIVE = {"ode dopri5": ("ode", {}), "ode_scipy RK45": ("ode_scipy", {})}
 STOCHASTIC = {
@@ -51,34 +64,95 @@ STOCHASTIC = {
 }
 
 
-def quality_deterministic(dim: int, n: int, steps_list, tols):
-    sde = VPSDE()
-    mix = eight_gaussians_mixture() if dim == 2 else random_mixture(dim, n_components=4, seed=0)
-    scale = float(torch.sqrt(torch.trace(mix.covariance()) / dim))
-    score = mix.score_fn(sde)
-    x0 = sde.prior_sampling((n, dim), torch.Generator().manual_seed(0), dtype=torch.float64)
-    ref = get_sampler("ode_scipy", method="DOP853", rtol=1e-11, atol=1e-11, eps=EPS, denoise=False)(
-        sde, score, x0.shape, x_init=x0
-    ).samples
+class Problem:
+    """One exact PF-ODE problem: the score, 512 start points and their reference end points."""
+
+    def __init__(self, kind: str, n: int = 512, seed: int = 2024):
+        self.kind, self.sde = kind, VPSDE()
+        self.mix = eight_gaussians_mixture() if kind == "ring" else random_mixture(16, n_components=4, seed=7)
+        self.score = self.mix.score_fn(self.sde)
+        self.dim = self.mix.dim
+        self.x0 = torch.randn(n, self.dim, generator=torch.Generator().manual_seed(seed), dtype=F64)
+        self.ref = self.solve(self.x0)
+
+    def solve(self, x0: torch.Tensor) -> torch.Tensor:
+        reference = get_sampler("ode_scipy", method="DOP853", rtol=1e-11, atol=1e-11, eps=EPS, denoise=False)
+        return reference(self.sde, self.score, x0.shape, x_init=x0).samples
+
+    def error(self, samples: torch.Tensor) -> float:
+        """Trimmed relative RMSE: best 99% of trajectories, per dimension, / std of the reference end points."""
+        sq = (samples - self.ref).pow(2).sum(1).sort().values[: int(0.99 * len(samples))]
+        return float((sq.mean() / self.dim).sqrt() / self.ref.std())
+
+    def run(self, sampler) -> tuple[int, float]:
+        res = sampler(self.sde, self.score, self.x0.shape, x_init=self.x0)
+        return res.nfe, self.error(res.samples)
+
+
+def fewest(points, target):
+    ok = [nfe for nfe, err in points if err <= target]
+    return min(ok) if ok else None
+
+
+def sweep(problem: Problem, steps_list, tols) -> dict[str, list[tuple[int, float]]]:
     curves = {}
     for label, (name, opts) in DETERMINISTIC.items():
+        per_step = 2 if name == "heun" else 4 if opts.get("method") == "rk4" else 1
+        warm_up = {"f": 9, "s": 1}.get(opts.get("variant", "f"), 0) if name == "pndm" else 0  # extra calls
         pts = []
-        for steps in steps_list:
-            res = get_sampler(name, steps=steps, eps=EPS, denoise=False, **opts)(sde, score, x0.shape, x_init=x0)
-            pts.append((res.nfe, float((res.samples - ref).pow(2).mean().sqrt()) / scale))
+        for nfe in steps_list:
+            steps = (nfe - warm_up) // per_step
+            if steps < 1 or (name == "pndm" and warm_up == 9 and steps < 4):
+                continue
+            pts.append(problem.run(get_sampler(name, steps=steps, eps=EPS, denoise=False, **opts)))
         curves[label] = pts
     for label, (name, opts) in ADAPTIVE.items():
-        pts = []
-        for tol in tols:
-            res = get_sampler(name, rtol=tol, atol=tol, eps=EPS, denoise=False, **opts)(sde, score, x0.shape, x_init=x0)
-            pts.append((res.nfe, float((res.samples - ref).pow(2).mean().sqrt()) / scale))
-        curves[label] = pts
+        curves[label] = [problem.run(get_sampler(name, rtol=tol, atol=tol, eps=EPS, denoise=False, **opts))
+                         for tol in tols]  # fmt: skip
     return curves
 
 
-def nfe_to_reach(pts, target=1e-2):
-    ok = [nfe for nfe, err in pts if err <= target]
-    return min(ok) if ok else None
+def print_quality(problem: Problem, curves, steps_list) -> None:
+    print(f"\n### VP, {problem.kind} (D = {problem.dim}): error vs NFE (no final denoising)\n")
+    print("| sampler | fewest NFE <= 1e-2 | fewest NFE <= 1e-3 | " + " | ".join(f"{n}" for n in steps_list) + " |")
+    print("|---|---|---|" + "---|" * len(steps_list))
+    for label, pts in curves.items():
+        by_nfe = dict(pts)
+        cells = " | ".join(f"{by_nfe[n]:.1e}" if n in by_nfe else "" for n in steps_list)
+        if label in ADAPTIVE:
+            cells = " ".join(f"{n}:{e:.0e}" for n, e in pts) + " |" * (len(steps_list) - 1)
+        print(f"| {label} | {fewest(pts, 1e-2)} | {fewest(pts, 1e-3)} | {cells} |")
+
+
+def lower_order_final_table(problem: Problem, steps_list) -> None:
+    print(f"\n### lower_order_final, VP, {problem.kind}: error at each NFE (off / on / automatic)\n")
+    print("| sampler, grid | setting | " + " | ".join(str(n) for n in steps_list) + " |")
+    print("|---|---|" + "---|" * len(steps_list))
+    for name, order in (("unipc", 2), ("unipc", 3), ("dpm_solver", 3)):
+        for grid in ("logsnr", "logistic"):
+            for setting in (False, True, None):
+                cells = []
+                for n in steps_list:
+                    opts = dict(steps=n, order=order, grid=grid, lower_order_final=setting, eps=EPS, denoise=False)
+                    cells.append(f"{problem.run(get_sampler(name, **opts))[1]:.1e}")
+                label = {False: "off", True: "on", None: "auto"}[setting]
+                print(f"| {name} {order}, {grid} | {label} | " + " | ".join(cells) + " |")
+
+
+def fit_table(problem: Problem, steps_list) -> None:
+    print(f"\n### Fitted grids, VP, {problem.kind}: UniPC (auto order), logistic grid vs fitted (512 fit draws)\n")
+    print("| steps = NFE | logistic grid | fitted grid | fit NFE | fit time (s) | fitted times |")
+    print("|---|---|---|---|---|---|")
+    x_fit = torch.randn(512, problem.dim, generator=torch.Generator().manual_seed(11), dtype=F64)
+    for steps in steps_list:
+        sampler = get_sampler("unipc", steps=steps, eps=EPS, denoise=False, grid="logistic")
+        start = time.perf_counter()
+        fit = fit_grid(problem.sde, problem.score, sampler, x_fit)
+        seconds = time.perf_counter() - start
+        _, err_default = problem.run(sampler)
+        _, err_fit = problem.run(sampler.with_grid(fit.grid))
+        times = ", ".join(f"{t:.3g}" for t in fit.grid.tolist())
+        print(f"| {steps} | {err_default:.1e} | {err_fit:.1e} | {fit.fit_nfe} | {seconds:.0f} | {times} |")
 
 
 def quality_stochastic(n: int, steps_list):
@@ -98,135 +172,109 @@ def quality_stochastic(n: int, steps_list):
     return rows, null
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _network(kind: str, device: str):
-    """A small score network and the sample shape it takes: the MLP (2-D) or a conv preset from conf/model."""
-    sde = VPSDE()
-    if kind == "mlp":
-        return ScoreModel(MLP((2,), hidden=256, depth=3), sde).eval().to(device), (2,)
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "model" / f"{kind}.yaml")
-    size = int(cfg.image_size)
-    channels = 1 if kind.startswith("digits") else 3
-    net = instantiate(cfg.net, data_shape=(channels, size, size))
-    model = ScoreModel(net, sde, cfg.parameterization, cfg.time_input, cfg.time_scale)
-    return model.eval().to(device), (channels, size, size)
-
-
-def overhead(kind: str = "mlp", batch: int = 4096, steps: int = 50, reps: int = 3, device: str = "cpu"):
-    """Sampler wall time / (the same number of bare network calls), timed side by side, best of ``reps``."""
+def overhead(kind: str, reps: int = 15, nfe_target: int = 20) -> list[tuple[str, int, float, float]]:
+    """Sampler time / (the same number of bare calls), interleaved A B A B, median of ``reps``, wall and CPU."""
     torch.manual_seed(0)
     sde = VPSDE()
-    model, shape = _network(kind, device)
-
-    def score_fn(x, t):
-        return model(x, t)
-
-    x = torch.randn(batch, *shape, device=device)
-    t = torch.full((batch,), 0.5, device=device)
-
-    def timed(fn) -> float:
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        return time.perf_counter() - t0
+    if kind == "mlp":
+        model = ScoreModel(MLP((2,), hidden=256, depth=3), sde).eval()
+        batch = 4096
+    else:
+        mix = eight_gaussians_mixture()
+        model = mix.score_fn(sde)
+        batch = 512
+    x = torch.randn(batch, 2)
+    t = torch.full((batch,), 0.5)
 
     def calls(n: int) -> None:
         for _ in range(n):
-            score_fn(x, t)
+            model(x, t)
 
+    half, quarter = nfe_target // 2, nfe_target // 4
+    cases = [("euler_maruyama", {}), ("reverse_diffusion", {}), ("ancestral", {}), ("ddim", {}), ("ddim", {"eta": 1.0}),
+             ("pc", {"corrector": "langevin", "snr": 0.16, "steps": half}), ("heun", {"steps": half}),
+             ("dpm_solver", {}), ("unipc", {}), ("pndm", {"steps": nfe_target - 9}), ("pndm", {"variant": "s"}),
+             ("ode", {"method": "rk4", "steps": quarter}), ("sdeint", {})]  # fmt: skip
+    rows = []
     with torch.no_grad():
-        calls(5)  # warm-up
-        call = min(timed(lambda: calls(10)) for _ in range(reps)) / 10
-        rows = []
-        cases = [("euler_maruyama", {"steps": steps}), ("pc", {"steps": steps // 2, "corrector": "langevin"}),
-                 ("ancestral", {"steps": steps}), ("ddim", {"steps": steps}), ("heun", {"steps": steps // 2}),
-                 ("dpm_solver", {"steps": steps, "order": 3}), ("pndm", {"steps": steps}),
-                 ("ode", {"method": "rk4", "steps": steps // 4}), ("ode", {"rtol": 1e-3, "atol": 1e-3}),
-                 ("sdeint", {"steps": steps}), ("ode_scipy", {"rtol": 1e-3, "atol": 1e-3})]  # fmt: skip
+        calls(5)
         for name, opts in cases:
-            sampler = get_sampler(name, **opts)
+            opts = {"steps": nfe_target, **opts}
+            sampler = get_sampler(name, denoise=False, **opts)
 
             def run(sampler=sampler):
-                return sampler(sde, score_fn, (batch, *shape), torch.Generator().manual_seed(0), device=device)
+                return sampler(sde, model, (batch, 2), torch.Generator().manual_seed(0))
 
             nfe = run().nfe
-            t_sampler, t_bare = math.inf, math.inf
-            for _ in range(reps):  # interleaved: sampler, then the same number of bare calls
-                t_sampler = min(t_sampler, timed(run))
-                t_bare = min(t_bare, timed(lambda: calls(nfe)))  # noqa: B023
-            rows.append((f"{name} {opts}", nfe, t_sampler / t_bare))
-    return call, rows
+            ratios_wall, ratios_cpu = [], []
+            for _ in range(reps):
+                w0, c0 = time.perf_counter(), time.process_time()
+                run()
+                w1, c1 = time.perf_counter(), time.process_time()
+                calls(nfe)  # noqa: B023
+                w2, c2 = time.perf_counter(), time.process_time()
+                ratios_wall.append((w1 - w0) / (w2 - w1))
+                ratios_cpu.append((c1 - c0) / max(c2 - c1, 1e-9))
+            label = f"{name} {opts}"
+            rows.append((label, nfe, statistics.median(ratios_wall), statistics.median(ratios_cpu)))
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer points (for a smoke run)")
-    ap.add_argument("--device", default="cpu", help="device of the overhead measurement (cpu, cuda)")
-    ap.add_argument("--overhead-only", action="store_true", help="skip the quality sweeps")
+    ap.add_argument("--quick", action="store_true", help="fewer points (a smoke run)")
+    ap.add_argument("--parts", default="quality,lof,fit,stochastic,overhead")
+    ap.add_argument("--problems", default="ring,gmm16")
+    ap.add_argument("--overhead-models", default="exact,mlp", help="exact (cheap score) and/or mlp")
+    ap.add_argument("--reps", type=int, default=15, help="interleaved repetitions of the overhead timing")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    steps_list = [5, 10, 20, 40] if args.quick else [5, 8, 10, 15, 20, 30, 50, 100, 200]
-    tols = [1e-2, 1e-3, 1e-5] if args.quick else [1e-2, 1e-3, 1e-4, 1e-5, 1e-6]
+    torch.set_num_threads(1)
+    parts = set(args.parts.split(","))
+    steps_list = [5, 10, 20] if args.quick else [5, 6, 7, 8, 9, 10, 12, 15, 20, 25, 30, 35, 40, 50, 100]
+    tols = [1e-2, 1e-4] if args.quick else [1e-2, 1e-3, 1e-4, 1e-5, 1e-6]
     OUT.mkdir(parents=True, exist_ok=True)
+    problems = [Problem(kind, n=128 if args.quick else 512) for kind in args.problems.split(",")]
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if args.overhead_only:
-        report_overhead(args)
-        return
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
-    for ax, dim in zip(axes[:2], (2, 16), strict=True):
-        curves = quality_deterministic(dim, 512 if not args.quick else 128, steps_list, tols)
-        print(f"\n### Deterministic samplers, VP, {dim}-D mixture: RMSE / data std vs the exact PF-ODE solution\n")
-        print("| sampler | NFE to RMSE <= 1e-2 | " + " | ".join(f"pt {i}" for i in range(len(steps_list))) + " |")
-        print("|---|---|" + "---|" * len(steps_list))
-        for label, pts in curves.items():
-            cells = " | ".join(f"{nfe}: {err:.1e}" for nfe, err in pts)
-            print(f"| {label} | {nfe_to_reach(pts)} | {cells} |")
-            ax.loglog([p[0] for p in pts], [p[1] for p in pts], "o-", label=label, ms=3)
-        ax.axhline(1e-2, color="k", lw=0.5, ls="--")
-        ax.set(xlabel="NFE", ylabel="RMSE / data std", title=f"VP, {dim}-D mixture: error vs NFE")
-        ax.legend(fontsize=7)
-
-    rows, null = quality_stochastic(2000 if not args.quick else 500, [10, 20, 50, 100, 200, 500])
-    print(f"\n### Stochastic samplers, VP, 8 Gaussians, N = 2000: sliced W2 to data (null level {null:.3f})\n")
-    print("| sampler | " + " | ".join(f"pt {i}" for i in range(6)) + " |")
-    print("|---|" + "---|" * 6)
-    for label, pts in rows.items():
-        print(f"| {label} | " + " | ".join(f"{nfe}: {sw:.3f}" for nfe, sw in pts) + " |")
-        axes[2].semilogx([p[0] for p in pts], [p[1] for p in pts], "o-", label=label, ms=3)
-    axes[2].axhline(null, color="k", lw=0.5, ls="--", label="null (two data samples)")
-    axes[2].set(xlabel="NFE", ylabel="sliced W2 to data", title="VP, 8 Gaussians: stochastic samplers")
-    axes[2].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(OUT / "samplers_quality.png", dpi=110)
-
-    report_overhead(args)
-    print(f"\nwrote {OUT / 'samplers_quality.png'}")
-
-
-def report_overhead(args) -> None:
-    setups = [("mlp", 4096 if not args.quick else 1024, 50), ("digits_ddpmpp", 64, 20)]
-    if args.device.startswith("cuda"):
-        setups.append(("ddpmpp", 128, 20))
-    for kind, batch, steps in setups:
-        call, over = overhead(kind, batch=batch, steps=steps, device=args.device)
-        print(f"\n### Loop overhead on {args.device}: {kind}, batch {batch}, one call = {call * 1e3:.2f} ms\n")
-        print("| sampler | NFE | sampler wall / (NFE bare calls) |")
-        print("|---|---|---|")
-        for label, nfe, ratio in over:
-            print(f"| {label} | {nfe} | {ratio:.3f} |")
+    if "quality" in parts:
+        fig, axes = plt.subplots(1, len(problems), figsize=(8 * len(problems), 5), squeeze=False)
+        for ax, problem in zip(axes[0], problems, strict=True):
+            curves = sweep(problem, steps_list, tols)
+            print_quality(problem, curves, steps_list)
+            for label, pts in curves.items():
+                ax.loglog([p[0] for p in pts], [p[1] for p in pts], "o-", label=label, ms=3)
+            ax.axhline(1e-2, color="k", lw=0.5, ls="--")
+            ax.axhline(1e-3, color="k", lw=0.5, ls=":")
+            ax.set(xlabel="NFE", ylabel="trimmed RMSE / data std", title=f"VP, {problem.kind}: error vs NFE")
+            ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(OUT / "samplers_quality.png", dpi=110)
+        print(f"\nwrote {OUT / 'samplers_quality.png'}")
+    if "lof" in parts:
+        for problem in problems:
+            lower_order_final_table(problem, [5, 6, 8, 10, 15, 20, 30] if not args.quick else [5, 10])
+    if "fit" in parts:
+        for problem in problems:
+            fit_table(problem, [5, 6, 8, 10] if not args.quick else [5])
+    if "stochastic" in parts:
+        rows, null = quality_stochastic(500 if args.quick else 2000, [10, 20, 50, 100, 200, 500])
+        print(f"\n### Stochastic samplers, VP, 8 Gaussians: sliced W2 to data (null level {null:.3f})\n")
+        print("| sampler | " + " | ".join(f"pt {i}" for i in range(6)) + " |")
+        print("|---|" + "---|" * 6)
+        for label, pts in rows.items():
+            print(f"| {label} | " + " | ".join(f"{nfe}: {sw:.3f}" for nfe, sw in pts) + " |")
+    if "overhead" in parts:
+        models = {"exact": "exact mixture score, batch 512", "mlp": "MLP 0.5 M parameters, batch 4096"}
+        for kind in args.overhead_models.split(","):
+            print(f"\n### Loop overhead, CPU, 1 thread, {models[kind]}: sampler time / (NFE bare calls), median of "
+                  f"{args.reps}\n")  # fmt: skip
+            print("| sampler | NFE | wall ratio | CPU-time ratio |\n|---|---|---|---|")
+            for label, nfe, wall, cpu in overhead(kind, reps=args.reps):
+                print(f"| {label} | {nfe} | {wall:.3f} | {cpu:.3f} |")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ N = 2000  # samples per distribution test
 
 
 def test_registry_and_errors():
-    for name in REQUIRED + ["ddim", "heun", "dpm_solver"]:
+    for name in REQUIRED + ["ddim", "heun", "dpm_solver", "unipc"]:
         assert name in SAMPLERS
     with pytest.raises(ValueError, match="unknown sampler 'nope'"):
         get_sampler("nope")
@@ -104,6 +104,9 @@ def _options_for_nfe():
         ("heun", {"steps": 6, "s_churn": 2.0}),
         ("dpm_solver", {"steps": 6, "order": 3}),
         ("dpm_solver", {"steps": 6, "order": 1, "algorithm": "dpmsolver", "denoise": False}),
+        ("unipc", {"steps": 6}),
+        ("unipc", {"steps": 6, "order": 2, "variant": "bh1", "prediction": "noise", "unic": False}),
+        ("ode", {"method": "euler", "grid": [1.0, 0.5, 0.1, 1e-3]}),
     ]
 
 
@@ -133,6 +136,8 @@ def test_nfe_formulas_for_fixed_step_samplers():
     assert run("pndm", steps=10, variant="s", denoise=False) == 2 + 9
     assert run("heun", steps=10) == 2 * 10 + 1
     assert run("dpm_solver", steps=10, order=3) == 11
+    assert run("unipc", steps=10, order=3) == 11  # UniC reuses the next step's call; none after the last step
+    assert run("unipc", steps=10, unic=False, denoise=False) == 10
     assert run("ddim", steps=10, denoise=False) == 10
     assert run("sdeint", steps=10) == 11
 
@@ -182,7 +187,7 @@ def test_image_shaped_problem(name):
     """
     mix = random_mixture(16, n_components=3, seed=5, event_shape=(1, 4, 4))
     sde = VPSDE()
-    options = {"steps": 100} if name not in ("ode", "ode_scipy", "dpm_solver", "heun", "ddim", "pndm") else {}
+    options = {"steps": 100} if name not in ("ode", "ode_scipy", "dpm_solver", "unipc", "heun", "ddim", "pndm") else {}
     res = get_sampler(name, **options)(
         sde, mix.score_fn(sde), (1000, 1, 4, 4), generator=torch.Generator().manual_seed(0)
     )

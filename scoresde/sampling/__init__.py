@@ -1,17 +1,38 @@
 """Samplers behind one interface (CONTRACT): ``get_sampler(name, **options)(sde, score_fn, shape, ...)``.
 
-Every sampler returns a :class:`SampleResult` with ``samples`` and ``nfe``, the exact number of ``score_fn``
-calls (counted by a wrapper, the final denoising step included).
+Every sampler returns a :class:`SampleResult` with ``samples`` and ``nfe``, the exact number of model calls
+(counted by a wrapper, the final denoising step included). The algorithms are also plain functions of
+``(sde, model, x, grid, generator, callback)`` (``sample_ddim``, ``sample_dpm_solver``, ``sample_unipc``, ...), and
+a grid can be fitted to a sampler and a model (:func:`optimize_grid`).
 """
 
 from __future__ import annotations
 
-from scoresde.sampling.base import CountingScore, Sampler, SampleResult, tweedie_denoise
-from scoresde.sampling.grids import GRIDS, time_grid
-from scoresde.sampling.multistep import DDIMSampler, DPMSolverSampler, HeunSampler, PNDMSampler
+from scoresde.sampling.base import (
+    CountingScore,
+    GridSampler,
+    ModelViews,
+    Sampler,
+    SampleResult,
+    perturb,
+    tweedie_denoise,
+)
+from scoresde.sampling.ddim import DDIMSampler, sample_ddim
+from scoresde.sampling.dpm_solver import DPMSolverSampler, sample_dpm_solver
+from scoresde.sampling.fitted_grids import GridFit, fit_grid, fit_or_load_grid, optimize_grid
+from scoresde.sampling.grids import GRIDS, load_grid, time_grid
+from scoresde.sampling.heun import HeunSampler, sample_heun
 from scoresde.sampling.ode import ODESampler, ScipyODESampler
-from scoresde.sampling.pc import AncestralSampler, EulerMaruyamaSampler, PCSampler, ReverseDiffusionSampler
+from scoresde.sampling.pc import (
+    AncestralSampler,
+    EulerMaruyamaSampler,
+    PCSampler,
+    ReverseDiffusionSampler,
+    sample_pc,
+)
+from scoresde.sampling.pndm import PNDMSampler, sample_pndm
 from scoresde.sampling.sde_solvers import SDEIntSampler
+from scoresde.sampling.unipc import UniPCSampler, sample_unipc
 
 SAMPLERS: dict[str, type[Sampler]] = {
     cls.name: cls
@@ -27,6 +48,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
         DDIMSampler,
         HeunSampler,
         DPMSolverSampler,
+        UniPCSampler,
     )
 }
 
@@ -44,7 +66,8 @@ def get_sampler(name: str, **options) -> Sampler:
 
 
 def sampler_from_config(config) -> Sampler:
-    """Build a sampler from a mapping ``{"name": ..., **options}`` (e.g. a ``conf/sampler/*.yaml`` group)."""
+    """Build a sampler from a mapping ``{"name": ..., **options}`` (e.g. a ``conf/sampler/*.yaml`` group). ``grid``
+    may be a grid name, a list of times or the path of a saved grid (``.pt`` / ``.npy``)."""
     options = dict(config)
     if "name" not in options:
         raise ValueError(f"sampler config needs a 'name' key (one of {sorted(SAMPLERS)}); got keys {sorted(options)}")
@@ -54,10 +77,25 @@ def sampler_from_config(config) -> Sampler:
 __all__ = [
     "SAMPLERS",
     "get_sampler",
+    "sampler_from_config",
     "SampleResult",
     "Sampler",
+    "GridSampler",
+    "ModelViews",
     "CountingScore",
     "time_grid",
+    "load_grid",
     "GRIDS",
     "tweedie_denoise",
+    "perturb",
+    "optimize_grid",
+    "fit_grid",
+    "fit_or_load_grid",
+    "GridFit",
+    "sample_pc",
+    "sample_ddim",
+    "sample_pndm",
+    "sample_heun",
+    "sample_dpm_solver",
+    "sample_unipc",
 ]

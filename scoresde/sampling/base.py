@@ -1,7 +1,19 @@
-"""What every sampler shares: the result type, NFE counting, the starting point and the option check."""
+"""What every sampler shares: the result type, the model's views with NFE counting, the option objects, the
+starting point, the forward perturbation and Tweedie's final step.
+
+A *model* is a score function ``score_fn(x, t)`` (CONTRACT) or an object that also — or only — offers the data
+prediction ``x0_hat(x, t)`` (a denoiser) and/or the noise prediction ``eps_hat(x, t)``. With
+``x_t = alpha_t x_0 + sigma_t z`` the three views are one quantity (Tweedie's formula):
+
+    x0_hat = (x + sigma^2 score) / alpha,     eps_hat = -sigma score = (x - alpha x0_hat) / sigma.
+
+:class:`ModelViews` asks the model for the view a sampler needs and converts only when the model lacks it; each
+call of any view is one NFE.
+"""
 
 from __future__ import annotations
 
+import copy
 import inspect
 import sys
 from collections.abc import Callable, Sequence
@@ -9,32 +21,131 @@ from dataclasses import dataclass
 
 import torch
 
+from scoresde.sampling.grids import (
+    GridOption,
+    as_grid_option,
+    check_final_time,
+    check_grid,
+    check_steps,
+    final_time,
+    resolve_grid,
+)
 from scoresde.sde import LinearSDE
-from scoresde.utils import Generator, batch_broadcast
+from scoresde.utils import Generator, as_time, batch_broadcast
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: Called once per step, before it, with a dict: ``i`` (step index), ``t`` (grid time of ``x``, a float), ``x``
+#: (the state at ``t``) and ``denoised``: the data prediction there where the sampler has one, else ``None`` (UniPC:
+#: the output at the predicted point, before UniC corrected ``x``).
+StepCallback = Callable[[dict], None]
+Scale = float | torch.Tensor | None
 
 
 @dataclass
 class SampleResult:
-    """Output of a sampler: ``samples`` shaped as asked, ``nfe`` the number of ``score_fn`` calls made."""
+    """Output of a sampler: ``samples`` shaped as asked, ``nfe`` the number of model calls made."""
 
     samples: torch.Tensor
     nfe: int
 
 
-class CountingScore:
-    """Wraps a score function and counts its calls (each call is on the whole batch): NFE by construction."""
+class ModelViews:
+    """Score, noise prediction and data prediction of one model for one SDE; every call counts one NFE.
 
-    def __init__(self, score_fn: ScoreFn):
-        self.score_fn = score_fn
-        self.nfe = 0
+    ``alpha`` / ``sigma`` of ``x_t``'s marginal may be passed (floats precomputed per grid time) to save the
+    schedule evaluation; otherwise they are computed from ``sde`` at ``t``. Calling the object is the score view
+    (it is also the counting wrapper of plain score functions, ``CountingScore``).
+    """
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def __init__(self, model, sde: LinearSDE | None = None):
+        if isinstance(model, ModelViews):
+            model = model.model
+        self.model, self.sde, self.nfe = model, sde, 0
+        self._score = model if callable(model) else None
+        self._x0_hat = getattr(model, "x0_hat", None)
+        self._eps_hat = getattr(model, "eps_hat", None)
+        if self._score is None and self._x0_hat is None and self._eps_hat is None:
+            raise TypeError(f"a model must be a score function (x, t) or offer x0_hat / eps_hat, got {model!r}")
+
+    @staticmethod
+    def _time(x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        if isinstance(t, torch.Tensor) and t.ndim == 1 and t.shape[0] == x.shape[0]:
+            return t
+        return as_time(t, x)
+
+    def _scales(self, x: torch.Tensor, t: torch.Tensor, alpha: Scale, sigma: Scale) -> tuple:
+        if alpha is None or sigma is None:
+            if self.sde is None:
+                raise ValueError("converting between model views needs the SDE (ModelViews(model, sde))")
+            alpha = batch_broadcast(self.sde.marginal_alpha(t), x) if alpha is None else alpha
+            sigma = batch_broadcast(self.sde.marginal_std(t), x) if sigma is None else sigma
+        return alpha, sigma
+
+    def score(self, x: torch.Tensor, t: float | torch.Tensor, alpha: Scale = None, sigma: Scale = None):
+        """``grad_x log p_t(x)``."""
         self.nfe += 1
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
-        return self.score_fn(x, t)
+        t = self._time(x, t)
+        if self._score is not None:
+            return self._score(x, t)
+        alpha, sigma = self._scales(x, t, alpha, sigma)
+        if self._eps_hat is not None:
+            return -self._eps_hat(x, t) / sigma
+        return (alpha * self._x0_hat(x, t) - x) / sigma**2
+
+    def eps(self, x: torch.Tensor, t: float | torch.Tensor, alpha: Scale = None, sigma: Scale = None):
+        """Noise prediction ``eps_hat(x, t)``."""
+        self.nfe += 1
+        t = self._time(x, t)
+        if self._eps_hat is not None:
+            return self._eps_hat(x, t)
+        alpha, sigma = self._scales(x, t, alpha, sigma)
+        if self._x0_hat is not None:
+            return (x - alpha * self._x0_hat(x, t)) / sigma
+        return -sigma * self._score(x, t)
+
+    def x0(self, x: torch.Tensor, t: float | torch.Tensor, alpha: Scale = None, sigma: Scale = None):
+        """Data prediction ``x0_hat(x, t) = E[x_0 | x_t = x]``."""
+        self.nfe += 1
+        t = self._time(x, t)
+        if self._x0_hat is not None:
+            return self._x0_hat(x, t)
+        alpha, sigma = self._scales(x, t, alpha, sigma)
+        if self._eps_hat is not None:
+            return (x - sigma * self._eps_hat(x, t)) / alpha
+        return (x + sigma**2 * self._score(x, t)) / alpha
+
+    __call__ = score
+
+    def __repr__(self) -> str:
+        return f"ModelViews({self.model!r}, nfe={self.nfe})"
+
+
+#: The counting wrapper of a plain score function (its call is the score view).
+CountingScore = ModelViews
+
+
+def as_views(model, sde: LinearSDE | None) -> ModelViews:
+    """``model`` itself when it already is a :class:`ModelViews` (keeping its count), else a new wrapper."""
+    if isinstance(model, ModelViews):
+        if model.sde is None:
+            model.sde = sde
+        return model
+    return ModelViews(model, sde)
+
+
+def tweedie_denoise(sde: LinearSDE, model, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+    """One final denoising step ``E[x_0 | x_t] = (x + sigma^2 s(x, t)) / alpha`` (Tweedie's formula; 1 NFE).
+
+    In the coordinates ``y = x / alpha``, ``sigma_hat = sigma / alpha`` this is the Euler step of the
+    probability-flow ODE from ``sigma_hat(t)`` to 0. The model's own ``x0_hat`` is used when it has one.
+    """
+    return as_views(model, sde).x0(x, t)
+
+
+def perturb(sde: LinearSDE, x0: torch.Tensor, t: float | torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """A draw of the forward marginal ``x_t = alpha_t x0 + sigma_t z`` given the noise ``z``."""
+    mean, std = sde.marginal_prob(x0, as_time(t, x0))
+    return mean + batch_broadcast(std, x0) * z
 
 
 def initial_state(
@@ -58,16 +169,9 @@ def full_time(t: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0]).clone()
 
 
-def tweedie_denoise(sde: LinearSDE, score: ScoreFn, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
-    """One final denoising step ``E[x_0 | x_t] = (x + sigma^2 s(x, t)) / alpha`` (Tweedie's formula; 1 NFE).
-
-    In the coordinates ``y = x / alpha``, ``sigma_hat = sigma / alpha`` this is the Euler step of the
-    probability-flow ODE from ``sigma_hat(t)`` to 0.
-    """
-    tt = full_time(t, x)
-    sigma = batch_broadcast(sde.marginal_std(tt), x)
-    alpha = batch_broadcast(sde.marginal_alpha(tt), x)
-    return (x + sigma**2 * score(x, tt)) / alpha
+def batch_times(grid: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every grid time as a ``(B,)`` tensor in ``x``'s dtype and device, built once per run."""
+    return [torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device) for t in grid.tolist()]
 
 
 def progress_iter(iterable, enabled: bool | None, desc: str, total: int | None = None):
@@ -98,22 +202,95 @@ class Sampler:
     def __call__(
         self,
         sde: LinearSDE,
-        score_fn: ScoreFn,
+        score_fn,
         shape: Sequence[int],
         generator: Generator = None,
         device: torch.device | str | None = None,
         x_init: torch.Tensor | None = None,
+        callback: StepCallback | None = None,
     ) -> SampleResult:
-        score = CountingScore(score_fn)
-        dtype = getattr(self, "dtype", None)
-        x = initial_state(sde, shape, generator, device, x_init, dtype)
+        model = ModelViews(score_fn, sde)
+        self.check(sde)
+        x = initial_state(sde, shape, generator, device, x_init, getattr(self, "dtype", None))
         with torch.no_grad():
-            samples = self.sample(sde, score, x, generator)
-        return SampleResult(samples=samples, nfe=score.nfe)
+            samples = self.sample(sde, model, x, generator, callback)
+        return SampleResult(samples=samples, nfe=model.nfe)
 
-    def sample(self, sde: LinearSDE, score: CountingScore, x: torch.Tensor, generator: Generator) -> torch.Tensor:
+    def check(self, sde: LinearSDE) -> None:
+        """Checks that need the SDE, run before any model call."""
+
+    def sample(
+        self, sde: LinearSDE, model: ModelViews, x: torch.Tensor, generator: Generator, callback: StepCallback | None
+    ) -> torch.Tensor:
         raise NotImplementedError
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.option_names() if hasattr(self, k))
         return f"{type(self).__name__}({opts})"
+
+
+class GridSampler(Sampler):
+    """A sampler on a fixed time grid: options ``steps``, ``grid`` (a name or the times), ``eps``, ``denoise``.
+
+    ``steps=None`` means the sampler's default (``default_steps``; ``None`` there means ``sde.N``), ``eps=None``
+    the SDE's final time. Times given as data fix ``steps`` and ``eps``; a conflicting value is an error.
+    """
+
+    default_steps: int | None = None
+    default_grid: str = "uniform"
+
+    def __init__(
+        self,
+        *,
+        steps: int | None = None,
+        grid: GridOption = None,
+        eps: float | None = None,
+        denoise: bool = True,
+        progress: bool | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        self.steps = check_steps(steps)
+        self.eps = check_final_time(eps)
+        self.grid = as_grid_option(grid)
+        if isinstance(self.grid, torch.Tensor):
+            if self.steps is not None and self.steps != len(self.grid) - 1:
+                raise ValueError(f"steps={self.steps} conflicts with a grid of {len(self.grid) - 1} steps")
+            if self.eps is not None and abs(self.eps - float(self.grid[-1])) > 1e-12 * self.eps:
+                raise ValueError(f"eps={self.eps} conflicts with a grid ending at {float(self.grid[-1])}")
+        self.denoise, self.progress, self.dtype = bool(denoise), progress, dtype
+
+    def time_grid(self, sde: LinearSDE) -> torch.Tensor:
+        """The float64 CPU times this sampler runs on for ``sde``."""
+        return resolve_grid(sde, self.grid, self.steps, self.eps, self.default_grid, self.default_steps,
+                            getattr(self, "rho", 7.0))  # fmt: skip
+
+    def check(self, sde: LinearSDE) -> None:
+        check_grid(self.time_grid(sde), sde)
+
+    def with_grid(self, grid: GridOption) -> GridSampler:
+        """A copy of this sampler running on ``grid`` (its ``steps`` / ``eps`` then follow from the times)."""
+        new = copy.copy(self)
+        new.grid, new.steps, new.eps = as_grid_option(grid), None, None
+        if isinstance(new.grid, torch.Tensor):
+            new.eps = float(new.grid[-1])
+        return new
+
+    def sample(self, sde, model, x, generator, callback):
+        grid = self.time_grid(sde)
+        x = self.run(sde, model, x, grid, generator, callback)
+        return model.x0(x, float(grid[-1])) if self.denoise else x
+
+    def run(
+        self,
+        sde: LinearSDE,
+        model: ModelViews,
+        x: torch.Tensor,
+        grid: torch.Tensor,
+        generator: Generator,
+        callback: StepCallback | None,
+    ) -> torch.Tensor:
+        """The algorithm from ``grid[0]`` to ``grid[-1]`` (no final denoising)."""
+        raise NotImplementedError
+
+    def final_time(self, sde: LinearSDE) -> float:
+        return float(self.grid[-1]) if isinstance(self.grid, torch.Tensor) else final_time(sde, self.eps)

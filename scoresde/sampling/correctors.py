@@ -1,11 +1,11 @@
 """Correctors: Langevin MCMC steps at a fixed time ``t`` (Song et al. 2021, Alg. 4 and 5).
 
-Pure functions ``(sde, score, x, t, alpha, snr, n_steps, generator) -> (x, x_mean)``. ``alpha`` ``(B,)`` is the
-one-step mean-coefficient ``alpha_{t|s}^2`` of the step the predictor takes (DDPM's ``1 - beta_i`` for VP, 1 for
-VE), computed by the caller from the SDE, so the correctors work on every SDE (the reference's crashes on
-sub-VP). As in the reference code, the norms in ``langevin``'s step-size rule are averaged over the batch
-(per-sample norms blow up in low dimension, where ``||score||`` can be near 0); ``annealed_langevin`` is per
-sample.
+Pure functions ``(sde, score, x, t, alpha_ts_sq, snr, n_steps, generator) -> (x, x_mean)``. ``alpha_ts_sq`` (a
+float or ``(B,)``) is ``alpha_{t|s}^2 = (alpha_t / alpha_s)^2`` of the step the predictor takes next (DDPM's
+``1 - beta_i`` for VP, 1 for VE; the reference's ``alpha``), computed by the caller from the SDE, so the
+correctors work on every SDE (the reference's crashes on sub-VP). As in the reference code, the norms in
+``langevin``'s step-size rule are averaged over the batch (per-sample norms blow up in low dimension, where
+``||score||`` can be near 0); ``annealed_langevin`` is per sample.
 """
 
 from __future__ import annotations
@@ -49,15 +49,15 @@ def langevin(
     score: ScoreFn,
     x: torch.Tensor,
     t: torch.Tensor,
-    alpha: torch.Tensor,
+    alpha_ts_sq: torch.Tensor | float,
     snr: float,
     n_steps: int = 1,
     generator: Generator = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Langevin corrector with the signal-to-noise step rule ``eps = 2 alpha (r ||z|| / ||s||)^2`` (Alg. 4)."""
+    """Langevin corrector with the signal-to-noise step rule ``eps = 2 alpha_{t|s}^2 (r ||z|| / ||s||)^2`` (Alg. 4)."""
 
     def step_size(grad: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return 2 * alpha * (snr * _mean_norm(noise) / _mean_norm(grad).clamp_min(1e-30)) ** 2
+        return 2 * alpha_ts_sq * (snr * _mean_norm(noise) / _mean_norm(grad).clamp_min(1e-30)) ** 2
 
     return _langevin_steps(score, x, t, n_steps, generator, step_size)
 
@@ -67,13 +67,13 @@ def annealed_langevin(
     score: ScoreFn,
     x: torch.Tensor,
     t: torch.Tensor,
-    alpha: torch.Tensor,
+    alpha_ts_sq: torch.Tensor | float,
     snr: float,
     n_steps: int = 1,
     generator: Generator = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Annealed Langevin dynamics of NCSN (Song & Ermon 2019): step ``2 alpha (r sigma_t)^2``."""
-    step = 2 * alpha * (snr * sde.marginal_std(t)) ** 2
+    """Annealed Langevin dynamics of NCSN (Song & Ermon 2019): step ``2 alpha_{t|s}^2 (r sigma_t)^2``."""
+    step = 2 * alpha_ts_sq * (snr * sde.marginal_std(t)) ** 2
     return _langevin_steps(score, x, t, n_steps, generator, lambda grad, noise: step)
 
 

@@ -5,7 +5,8 @@ Song et al. (2021), Sec. 5 and App. I: write the data in orthogonal coordinates 
 is ``(1, 1, 1) / sqrt(3)`` for colorization, where the gray level is known). Because ``Q`` is orthogonal the forward
 SDE acts on ``z`` exactly as on ``x`` (``Q eps`` is again standard normal), so the known part at time ``t`` is
 distributed as ``alpha_t z0[mask] + sigma_t noise``. PC sampling then alternates each corrector / predictor step
-with replacing the known part by a fresh forward-noised draw at the time the state has reached.
+with replacing the known part by a fresh forward-noised draw at the time the state has reached: the one PC loop
+(:func:`~scoresde.sampling.pc.sample_pc`) with the replacement as its per-update hook.
 
 Differences from the reference ``controllable_generation.py``: its inpainter builds ``x_mean`` from the noisy
 ``x`` (``x_mean = x * (1 - mask) + ...``) and replaces after the predictor with the noise level of the step's
@@ -25,13 +26,10 @@ from dataclasses import dataclass
 
 import torch
 
-from scoresde.sampling.base import CountingScore, SampleResult, ScoreFn, full_time, tweedie_denoise
-from scoresde.sampling.correctors import CORRECTORS
-from scoresde.sampling.grids import time_grid
-from scoresde.sampling.pc import _check_choice
-from scoresde.sampling.predictors import PREDICTORS
+from scoresde.sampling.base import GridOption, ModelViews, SampleResult, ScoreFn, perturb
+from scoresde.sampling.pc import PCSampler, check_pc_choices, pc_settings, sample_pc
 from scoresde.sde import LinearSDE
-from scoresde.utils import Generator, batch_broadcast, randn
+from scoresde.utils import Generator, randn
 
 
 def gray_rotation(channels: int = 3, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -101,49 +99,42 @@ def replacement_sample(
     snr: float | None = None,
     n_steps: int = 1,
     steps: int | None = None,
-    eps: float = 1e-3,
+    eps: float | None = None,
+    grid: GridOption = None,
     denoise: bool = True,
     generator: Generator = None,
     x_init: torch.Tensor | None = None,
 ) -> SampleResult:
     """PC sampling of ``x`` given the known coordinates of ``Q x``, those of ``Q known`` (``known`` shaped like the
     batch; its unknown part is ignored). Predictor/corrector defaults are the SDE's (``sde.pc_defaults``); ``steps``
-    defaults to ``sde.N``. NFE = ``steps * (1 + n_steps [if a corrector]) + denoise``."""
-    defaults = sde.pc_defaults
-    predictor = predictor or defaults["predictor"]
-    corrector = corrector or defaults["corrector"]
-    snr = defaults["snr"] if snr is None else snr
-    _check_choice("predictor", predictor, PREDICTORS)
-    _check_choice("corrector", corrector, CORRECTORS)
-    predict, correct = PREDICTORS[predictor], CORRECTORS[corrector]
-    score = CountingScore(score_fn)
+    defaults to ``sde.N``; ``grid``/``eps`` as every sampler's. NFE = ``steps * (1 + n_steps [if a corrector]) +
+    denoise``. The loop is :func:`~scoresde.sampling.pc.sample_pc` with the replacement as its ``constrain`` hook."""
+    options = PCSampler(predictor=predictor, corrector=corrector, snr=snr, n_steps=n_steps, steps=steps, eps=eps,
+                        grid=grid, denoise=denoise)  # fmt: skip
+    settings = pc_settings(sde, options.predictor, options.corrector, options.snr)
+    check_pc_choices(settings["predictor"], settings["corrector"], allow_no_predictor=False)
+    if x_init is not None and x_init.shape != known.shape:
+        raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {tuple(known.shape)}")
+    options.check(sde)
+    model = ModelViews(score_fn, sde)
     z0 = measurement.decouple(known)
 
-    def noised(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def replace_known(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The known part set to a fresh forward-noised draw of the measurement at the time ``t`` reached."""
         noise = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        mean, std = sde.marginal_prob(z0.to(x.dtype), t)
-        return mean + batch_broadcast(std, x) * noise
+        return measurement.replace(x, perturb(sde, z0.to(x.dtype), t, noise))
 
     with torch.no_grad():
         x = sde.prior_sampling(known.shape, generator=generator, device=known.device, dtype=known.dtype)
         if x_init is not None:
-            if x_init.shape != known.shape:
-                raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {tuple(known.shape)}")
             x = x_init.to(device=known.device, dtype=known.dtype)
-        grid = time_grid(sde, steps or sde.N, eps, device=x.device, dtype=x.dtype)
-        x = measurement.replace(x, noised(x, full_time(grid[0], x)))
-        for i in range(len(grid) - 1):
-            t, s = full_time(grid[i], x), full_time(grid[i + 1], x)
-            if correct is not None:
-                alpha = (sde.marginal_alpha(t) / sde.marginal_alpha(s)) ** 2
-                x, _ = correct(sde, score, x, t, alpha, snr, n_steps, generator)
-                x = measurement.replace(x, noised(x, t))
-            x, _ = predict(sde, score, x, t, s, generator)
-            x = measurement.replace(x, noised(x, s))
+        grid_times = options.time_grid(sde)
+        x = sample_pc(sde, model, x, grid_times, generator, **settings, n_steps=options.n_steps,
+                      constrain=replace_known)  # fmt: skip
         if denoise:
-            x = tweedie_denoise(sde, score, x, grid[-1])
+            x = model.x0(x, float(grid_times[-1]))
         x = measurement.replace(x, z0.to(x.dtype))
-    return SampleResult(samples=x, nfe=score.nfe)
+    return SampleResult(samples=x, nfe=model.nfe)
 
 
 def inpaint(sde: LinearSDE, score_fn: ScoreFn, known: torch.Tensor, mask: torch.Tensor, **options) -> SampleResult:

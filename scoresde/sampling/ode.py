@@ -14,10 +14,9 @@ import scipy.integrate
 import torch
 from torchdiffeq import odeint
 
-from scoresde.sampling.base import CountingScore, Sampler, tweedie_denoise
-from scoresde.sampling.grids import time_grid
+from scoresde.sampling.base import GridOption, GridSampler, ModelViews, Sampler
+from scoresde.sampling.grids import check_final_time, final_time
 from scoresde.sde import LinearSDE
-from scoresde.utils import Generator
 
 ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams")
@@ -38,14 +37,23 @@ def flow_field(
     return field
 
 
-class ODESampler(Sampler):
+def check_tolerances(rtol: float, atol: float) -> None:
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{name} must be a number > 0, got {value!r}")
+
+
+class ODESampler(GridSampler):
     """``ode``: the probability-flow ODE through ``torchdiffeq.odeint``.
 
     Adaptive methods (``dopri5`` default, ``dopri8``, ``bosh3``, ``fehlberg2``, ``adaptive_heun``) use ``rtol``/
-    ``atol``; fixed-grid ones (``euler``, ``midpoint``, ``rk4``, ...) take ``steps`` on the time ``grid``.
+    ``atol``; fixed-grid ones (``euler``, ``midpoint``, ``rk4``, ...) step on the time ``grid`` (``steps``, default
+    100, of a named grid, or the times themselves).
     """
 
     name = "ode"
+    default_steps = 100
+    default_grid = "uniform"
 
     def __init__(
         self,
@@ -54,29 +62,46 @@ class ODESampler(Sampler):
         rtol: float = 1e-5,
         atol: float = 1e-5,
         steps: int | None = None,
-        grid: str = "uniform",
-        eps: float = 1e-3,
+        grid: GridOption = None,
+        eps: float | None = None,
         denoise: bool = True,
         dtype: torch.dtype | None = None,
     ):
         if method not in ADAPTIVE + FIXED:
             raise ValueError(f"unknown torchdiffeq method {method!r}; choose one of {ADAPTIVE + FIXED}")
-        if method in FIXED and steps is None:
-            steps = 100
-        self.method, self.rtol, self.atol, self.steps, self.grid = method, rtol, atol, steps, grid
-        self.eps, self.denoise, self.dtype = eps, denoise, dtype
+        check_tolerances(rtol, atol)
+        super().__init__(steps=steps, grid=grid, eps=eps, denoise=denoise, dtype=dtype)
+        if method in ADAPTIVE and (self.steps is not None or isinstance(self.grid, torch.Tensor)):
+            raise ValueError(f"adaptive method {method!r} chooses its own steps: give rtol/atol, not steps or grid")
+        self.method, self.rtol, self.atol = method, rtol, atol
 
-    def sample(self, sde: LinearSDE, score: CountingScore, x: torch.Tensor, generator: Generator) -> torch.Tensor:
-        field = flow_field(sde, score, tuple(x.shape), self.eps, sde.T)
-        span = torch.tensor([sde.T, self.eps], dtype=x.dtype, device=x.device)
+    def check(self, sde: LinearSDE) -> None:
+        if self.method in FIXED:
+            super().check(sde)
+        elif not final_time(sde, self.eps) < sde.T:
+            raise ValueError(f"eps (the final time) must be < T = {sde.T}, got {final_time(sde, self.eps)}")
+
+    def sample(self, sde, model, x, generator, callback):
+        if self.method in FIXED:
+            return super().sample(sde, model, x, generator, callback)
+        eps = final_time(sde, self.eps)
+        x_eps = self.integrate(sde, model, x, torch.tensor([sde.T, eps], dtype=torch.float64))
+        return model.x0(x_eps, eps) if self.denoise else x_eps
+
+    def run(self, sde, model, x, grid, generator, callback):
+        return self.integrate(sde, model, x, grid)
+
+    def integrate(self, sde: LinearSDE, model: ModelViews, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        eps = float(grid[-1])
+        field = flow_field(sde, model, tuple(x.shape), eps, sde.T)
+        span = torch.tensor([sde.T, eps], dtype=x.dtype, device=x.device)
         # Adaptive solvers step exactly onto eps rather than interpolating their last step (more accurate).
         options: dict = {"step_t": span[1:]} if self.method in ADAPTIVE else {}
         if self.method in FIXED:
-            grid = time_grid(sde, self.steps, self.eps, self.grid, device=x.device, dtype=x.dtype)
-            options["grid_constructor"] = lambda *_: grid
-        x_eps = odeint(field, x.reshape(-1), span, rtol=self.rtol, atol=self.atol, method=self.method,
-                       options=options)[-1].reshape(x.shape)  # fmt: skip
-        return tweedie_denoise(sde, score, x_eps, self.eps) if self.denoise else x_eps
+            fixed = grid.to(device=x.device, dtype=x.dtype)
+            options["grid_constructor"] = lambda *_: fixed
+        return odeint(field, x.reshape(-1), span, rtol=self.rtol, atol=self.atol, method=self.method,
+                      options=options)[-1].reshape(x.shape)  # fmt: skip
 
 
 class ScipyODESampler(Sampler):
@@ -94,25 +119,31 @@ class ScipyODESampler(Sampler):
         method: str = "RK45",
         rtol: float = 1e-5,
         atol: float = 1e-5,
-        eps: float = 1e-3,
+        eps: float | None = None,
         denoise: bool = True,
         dtype: torch.dtype | None = None,
     ):
         if method not in SCIPY_METHODS:
             raise ValueError(f"unknown scipy method {method!r}; choose one of {SCIPY_METHODS}")
-        self.method, self.rtol, self.atol, self.eps, self.denoise, self.dtype = method, rtol, atol, eps, denoise, dtype
+        check_tolerances(rtol, atol)
+        self.method, self.rtol, self.atol, self.eps = method, rtol, atol, check_final_time(eps)
+        self.denoise, self.dtype = bool(denoise), dtype
 
-    def sample(self, sde: LinearSDE, score: CountingScore, x: torch.Tensor, generator: Generator) -> torch.Tensor:
-        field = flow_field(sde, score, tuple(x.shape), self.eps, sde.T)
+    def check(self, sde: LinearSDE) -> None:
+        if not final_time(sde, self.eps) < sde.T:
+            raise ValueError(f"eps (the final time) must be < T = {sde.T}, got {final_time(sde, self.eps)}")
+
+    def sample(self, sde, model, x, generator, callback):
+        eps = final_time(sde, self.eps)
+        field = flow_field(sde, model, tuple(x.shape), eps, sde.T)
 
         def fun(t: float, y: np.ndarray) -> np.ndarray:
             y_t = torch.from_numpy(y).to(device=x.device, dtype=x.dtype)
             return field(torch.tensor(t), y_t).double().cpu().numpy()
 
         y0 = x.reshape(-1).double().cpu().numpy()
-        sol = scipy.integrate.solve_ivp(fun, (sde.T, self.eps), y0, method=self.method, rtol=self.rtol,
-                                        atol=self.atol)  # fmt: skip
+        sol = scipy.integrate.solve_ivp(fun, (sde.T, eps), y0, method=self.method, rtol=self.rtol, atol=self.atol)
         if not sol.success:
             raise RuntimeError(f"scipy {self.method} failed: {sol.message}")
         x_eps = torch.from_numpy(sol.y[:, -1]).to(device=x.device, dtype=x.dtype).reshape(x.shape)
-        return tweedie_denoise(sde, score, x_eps, self.eps) if self.denoise else x_eps
+        return model.x0(x_eps, eps) if self.denoise else x_eps

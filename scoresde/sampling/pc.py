@@ -2,55 +2,90 @@
 
 ``euler_maruyama``, ``reverse_diffusion`` and ``ancestral`` are the predictors alone; ``pc`` combines one with a
 corrector (``langevin``, ``annealed_langevin`` or ``none``). Per grid step ``t_i -> t_{i+1}``: the corrector at
-``t_i`` (``n_steps`` score calls), then the predictor (one call). A final Tweedie denoising step at ``eps`` adds
-one call when ``denoise`` is on.
+``t_i`` (``n_steps`` model calls), then the predictor (one call). A final Tweedie denoising step at the final time
+adds one call when ``denoise`` is on. :func:`sample_pc` is the one PC loop; inverse problems run it with a
+``constrain`` hook (replacement of the known part after every update).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from scoresde.sampling.base import CountingScore, Sampler, full_time, progress_iter, tweedie_denoise
+from scoresde.sampling.base import GridOption, GridSampler, StepCallback, as_views, batch_times, progress_iter
 from scoresde.sampling.correctors import CORRECTORS
-from scoresde.sampling.grids import time_grid
-from scoresde.sampling.predictors import PREDICTORS
+from scoresde.sampling.predictors import PREDICTORS, UPDATES, grid_schedules
 from scoresde.sde import LinearSDE
 from scoresde.utils import Generator
 
+#: ``constrain(x, t) -> x``, applied after every update to the state at the time ``t`` ``(B,)`` it has reached.
+Constraint = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-def pc_sample(
+
+def sample_pc(
     sde: LinearSDE,
-    score: CountingScore,
+    model,
     x: torch.Tensor,
     grid: torch.Tensor,
-    predictor: str,
-    corrector: str,
-    snr: float,
-    n_steps: int,
-    generator: Generator,
+    generator: Generator = None,
+    callback: StepCallback | None = None,
+    *,
+    predictor: str = "euler_maruyama",
+    corrector: str = "none",
+    snr: float = 0.16,
+    n_steps: int = 1,
     probability_flow: bool = False,
-    denoise: bool = True,
+    constrain: Constraint | None = None,
     progress: bool | None = None,
 ) -> torch.Tensor:
-    """Run the PC loop over ``grid`` (decreasing times) from ``x`` at ``grid[0]``."""
-    predict = PREDICTORS[predictor] if predictor != "none" else None
+    """The PC loop from ``x`` at ``grid[0]`` to ``grid[-1]`` (no final denoising).
+
+    ``constrain`` (optional) is applied to the starting point, after the corrector at ``t_i`` and after the
+    predictor at ``t_{i+1}``: each time with the time the state has reached."""
+    check_pc_choices(predictor, corrector, allow_no_predictor=True)
+    model = as_views(model, sde)
+    update = UPDATES.get(predictor)
     correct = CORRECTORS[corrector]
+    schedules = grid_schedules(sde, grid)  # the predictor's coefficients, once per grid
+    times = batch_times(grid, x)
+    if constrain is not None:
+        x = constrain(x, times[0])
     for i in progress_iter(range(len(grid) - 1), progress, f"pc[{predictor}/{corrector}]"):
-        t, s = full_time(grid[i], x), full_time(grid[i + 1], x)
-        if correct is not None:
-            alpha = (sde.marginal_alpha(t) / sde.marginal_alpha(s)) ** 2
-            x, x_mean = correct(sde, score, x, t, alpha, snr, n_steps, generator)
-        if predict is not None:
-            x, x_mean = predict(sde, score, x, t, s, generator, probability_flow=probability_flow)
-    return tweedie_denoise(sde, score, x, grid[-1]) if denoise else x
+        if callback is not None:
+            callback({"i": i, "t": float(grid[i]), "x": x, "denoised": None})
+        t, s, step = times[i], times[i + 1], schedules[i]
+        if correct is not None and n_steps > 0:
+            alpha_ts_sq = (step.alpha_t / step.alpha_s) ** 2
+            x, _ = correct(sde, model, x, t, alpha_ts_sq, snr, n_steps, generator)
+            if constrain is not None:
+                x = constrain(x, t)
+        if update is not None:
+            x, _ = update(model, x, t, step, generator, probability_flow)
+            if constrain is not None:
+                x = constrain(x, s)
+    return x
 
 
-def _check_choice(kind: str, value: str, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {kind} {value!r}; choose one of {sorted(choices)}")
+def check_pc_choices(predictor: str, corrector: str, allow_no_predictor: bool = True) -> None:
+    predictors = [*PREDICTORS, "none"] if allow_no_predictor else list(PREDICTORS)
+    if predictor not in predictors:
+        raise ValueError(f"unknown predictor {predictor!r}; choose one of {sorted(predictors)}")
+    if corrector not in CORRECTORS:
+        raise ValueError(f"unknown corrector {corrector!r}; choose one of {sorted(CORRECTORS)}")
 
 
-class PCSampler(Sampler):
+def pc_settings(sde: LinearSDE, predictor: str | None, corrector: str | None, snr: float | None) -> dict:
+    """Predictor, corrector and snr with ``None`` replaced by the paper's choice for the SDE (``sde.pc_defaults``)."""
+    defaults = sde.pc_defaults
+    return {
+        "predictor": predictor or defaults["predictor"],
+        "corrector": corrector or defaults["corrector"],
+        "snr": defaults["snr"] if snr is None else snr,
+    }
+
+
+class PCSampler(GridSampler):
     """``pc``: predictor–corrector sampling. ``predictor``/``corrector``/``snr`` default to the paper's choice for the
     SDE (``sde.pc_defaults``: VE reverse_diffusion + langevin with snr 0.16; VP/sub-VP euler_maruyama alone).
     ``steps`` defaults to ``sde.N``."""
@@ -65,44 +100,30 @@ class PCSampler(Sampler):
         snr: float | None = None,
         n_steps: int = 1,
         steps: int | None = None,
-        eps: float = 1e-3,
+        eps: float | None = None,
         denoise: bool = True,
-        grid: str = "uniform",
+        grid: GridOption = None,
         probability_flow: bool = False,
         progress: bool | None = None,
         dtype: torch.dtype | None = None,
     ):
-        if predictor is not None:
-            _check_choice("predictor", predictor, [*PREDICTORS, "none"])
-        if corrector is not None:
-            _check_choice("corrector", corrector, CORRECTORS)
-        if int(n_steps) < 0:
-            raise ValueError(f"n_steps must be >= 0, got {n_steps}")
+        check_pc_choices(predictor or "none", corrector or "none")
+        if isinstance(n_steps, bool) or not float(n_steps).is_integer() or int(n_steps) < 0:
+            raise ValueError(f"n_steps (corrector steps per time) must be an integer >= 0, got {n_steps!r}")
+        if snr is not None and not snr > 0:
+            raise ValueError(f"snr must be > 0, got {snr}")
+        super().__init__(steps=steps, grid=grid, eps=eps, denoise=denoise, progress=progress, dtype=dtype)
         self.predictor, self.corrector, self.snr, self.n_steps = predictor, corrector, snr, int(n_steps)
-        self.steps, self.eps, self.denoise, self.grid = steps, eps, denoise, grid
-        self.probability_flow, self.progress, self.dtype = probability_flow, progress, dtype
+        self.probability_flow = bool(probability_flow)
 
-    def sample(self, sde: LinearSDE, score: CountingScore, x: torch.Tensor, generator: Generator) -> torch.Tensor:
-        defaults = sde.pc_defaults
-        grid = time_grid(sde, self.steps or sde.N, self.eps, self.grid, device=x.device, dtype=x.dtype)
-        return pc_sample(
-            sde,
-            score,
-            x,
-            grid,
-            self.predictor or defaults["predictor"],
-            self.corrector or defaults["corrector"],
-            defaults["snr"] if self.snr is None else self.snr,
-            self.n_steps,
-            generator,
-            self.probability_flow,
-            self.denoise,
-            self.progress,
-        )
+    def run(self, sde, model, x, grid, generator, callback):
+        settings = pc_settings(sde, self.predictor, self.corrector, self.snr)
+        return sample_pc(sde, model, x, grid, generator, callback, **settings, n_steps=self.n_steps,
+                         probability_flow=self.probability_flow, progress=self.progress)  # fmt: skip
 
 
-class PredictorSampler(Sampler):
-    """A predictor alone (no corrector) on a grid of ``steps`` (default ``sde.N``) from ``T`` to ``eps``."""
+class PredictorSampler(GridSampler):
+    """A predictor alone (no corrector) on a grid of ``steps`` (default ``sde.N``) from ``T`` to the final time."""
 
     predictor = ""
 
@@ -110,22 +131,19 @@ class PredictorSampler(Sampler):
         self,
         *,
         steps: int | None = None,
-        eps: float = 1e-3,
+        eps: float | None = None,
         denoise: bool = True,
-        grid: str = "uniform",
+        grid: GridOption = None,
         probability_flow: bool = False,
         progress: bool | None = None,
         dtype: torch.dtype | None = None,
     ):
-        self.steps, self.eps, self.denoise, self.grid = steps, eps, denoise, grid
-        self.probability_flow, self.progress, self.dtype = probability_flow, progress, dtype
+        super().__init__(steps=steps, grid=grid, eps=eps, denoise=denoise, progress=progress, dtype=dtype)
+        self.probability_flow = bool(probability_flow)
 
-    def sample(self, sde: LinearSDE, score: CountingScore, x: torch.Tensor, generator: Generator) -> torch.Tensor:
-        grid = time_grid(sde, self.steps or sde.N, self.eps, self.grid, device=x.device, dtype=x.dtype)
-        return pc_sample(
-            sde, score, x, grid, self.predictor, "none", 0.0, 0, generator,
-            self.probability_flow, self.denoise, self.progress,
-        )  # fmt: skip
+    def run(self, sde, model, x, grid, generator, callback):
+        return sample_pc(sde, model, x, grid, generator, callback, predictor=self.predictor, corrector="none",
+                         probability_flow=self.probability_flow, progress=self.progress)  # fmt: skip
 
 
 class EulerMaruyamaSampler(PredictorSampler):
@@ -149,9 +167,9 @@ class AncestralSampler(PredictorSampler):
         self,
         *,
         steps: int | None = None,
-        eps: float = 1e-3,
+        eps: float | None = None,
         denoise: bool = True,
-        grid: str = "uniform",
+        grid: GridOption = None,
         progress: bool | None = None,
         dtype: torch.dtype | None = None,
     ):

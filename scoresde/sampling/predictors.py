@@ -1,86 +1,148 @@
 """Predictors: one step of the reverse-time SDE from ``t`` down to ``s < t`` (Song et al. 2021, Sec. 4.2, App. E).
 
-Each is a pure function ``(sde, score, x, t, s, generator) -> (x, x_mean)`` with ``t``, ``s`` shaped ``(B,)``;
-``x_mean`` is the step without its noise. All work for any linear SDE (VP, sub-VP, VE) through the SDE's own
-members.
+Each is a pure function ``(sde, model, x, t, s, generator) -> (x, x_mean)`` with ``t``, ``s`` shaped ``(B,)``;
+``x_mean`` is the step without its noise. ``model`` is a score function or a :class:`ModelViews`; the ancestral
+step asks it for its data prediction. For a linear SDE every step is ``x_mean = a x + b m(x, t)`` plus ``c z``
+with coefficients from the SDE's schedule (``f``, ``g^2``, ``alpha``, ``sigma`` and the transition variance):
+:class:`StepSchedule` holds them for one step, as ``(B, 1, ..)`` tensors here or as floats precomputed once per
+grid by the PC loop (:func:`grid_schedules`), and each update formula is written once for both.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from scoresde.sampling.base import ScoreFn
+from scoresde.sampling.base import ModelViews, ScoreFn, as_views
 from scoresde.sde import LinearSDE
 from scoresde.utils import Generator, batch_broadcast, randn
 
 Predictor = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+Scalar = float | torch.Tensor
+
+
+@dataclass(frozen=True)
+class StepSchedule:
+    """The schedule of one step ``t -> s``: ``alpha``, ``sigma`` at both ends, the transition variance
+    ``sigma_t^2 - alpha_{t|s}^2 sigma_s^2``, and the drift coefficient ``f(t)`` and ``g(t)^2`` of the forward SDE."""
+
+    alpha_t: Scalar
+    alpha_s: Scalar
+    sigma_t: Scalar
+    sigma_s: Scalar
+    transition_var: Scalar
+    drift_coef: Scalar
+    diffusion_sq: Scalar
+    dt: Scalar  # s - t < 0
+
+
+def step_schedule(sde: LinearSDE, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> StepSchedule:
+    """The schedule of the step ``t -> s`` (``(B,)`` times) as tensors broadcasting against ``x``."""
+    values = (sde.marginal_alpha(t), sde.marginal_alpha(s), sde.marginal_std(t), sde.marginal_std(s),
+              sde.transition_var(t, s), sde.drift_coef(t), sde.diffusion_sq(t), s - t)  # fmt: skip
+    return StepSchedule(*(batch_broadcast(v, x) for v in values))
+
+
+def grid_schedules(sde: LinearSDE, grid: torch.Tensor) -> list[StepSchedule]:
+    """The schedule of every step of ``grid`` as floats, computed with one vectorized call per SDE member."""
+    g = grid.to(device="cpu", dtype=torch.float64)
+    t, s = g[:-1], g[1:]
+    columns = (sde.marginal_alpha(t), sde.marginal_alpha(s), sde.marginal_std(t), sde.marginal_std(s),
+               sde.transition_var(t, s), sde.drift_coef(t), sde.diffusion_sq(t), s - t)  # fmt: skip
+    return [StepSchedule(*row) for row in zip(*(c.tolist() for c in columns), strict=True)]
 
 
 def _noise(x: torch.Tensor, generator: Generator) -> torch.Tensor:
     return randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
-def euler_maruyama(
-    sde: LinearSDE,
-    score: ScoreFn,
+def euler_maruyama_update(
+    model: ModelViews,
     x: torch.Tensor,
     t: torch.Tensor,
-    s: torch.Tensor,
-    generator: Generator = None,
-    probability_flow: bool = False,
+    step: StepSchedule,
+    generator: Generator,
+    probability_flow: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Euler–Maruyama on the reverse SDE ``dx = [f - g^2 s] dt + g dw`` (or the probability-flow ODE)."""
-    drift, diffusion = sde.reverse(score, probability_flow).sde(x, t)
-    dt = batch_broadcast(s - t, x)  # negative: time runs backwards
-    x_mean = x + drift * dt
+    """Euler–Maruyama on the reverse SDE ``dx = [f x - g^2 s] dt + g dw`` (probability flow: ``g^2 s / 2``, no
+    noise), Song et al. 2021, Eq. 6 and 13."""
+    weight = 0.5 if probability_flow else 1.0
+    x_mean = x + (step.drift_coef * x - weight * step.diffusion_sq * model.score(x, t)) * step.dt
     if probability_flow:
         return x_mean, x_mean
-    return x_mean + batch_broadcast(diffusion, x) * torch.sqrt(-dt) * _noise(x, generator), x_mean
+    return x_mean + (step.diffusion_sq * -step.dt) ** 0.5 * _noise(x, generator), x_mean
 
 
-def reverse_diffusion(
-    sde: LinearSDE,
-    score: ScoreFn,
+def reverse_diffusion_update(
+    model: ModelViews,
     x: torch.Tensor,
     t: torch.Tensor,
-    s: torch.Tensor,
-    generator: Generator = None,
-    probability_flow: bool = False,
+    step: StepSchedule,
+    generator: Generator,
+    probability_flow: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reverse of the forward discretization ``x_t = x_s + f + G z``: ``x_s = x_t - f + G^2 score + G z``
-    (Song et al. 2021, Eq. 46). With the SDE's exact transitions it is finite for any step size."""
-    rev_f, rev_G = sde.reverse(score, probability_flow).discretize(x, t, t - s)
-    x_mean = x - rev_f
+    """Reverse of the exact forward transition ``x_t = alpha_{t|s} x_s + G z`` (``G^2`` the transition variance):
+    ``x_s = x_t - (alpha_{t|s} - 1) x_t + G^2 score + G z`` (Song et al. 2021, Eq. 46), finite for any step size."""
+    weight = 0.5 if probability_flow else 1.0
+    alpha_ts = step.alpha_t / step.alpha_s
+    x_mean = (2 - alpha_ts) * x + weight * step.transition_var * model.score(x, t)
     if probability_flow:
         return x_mean, x_mean
-    return x_mean + batch_broadcast(rev_G, x) * _noise(x, generator), x_mean
+    return x_mean + step.transition_var**0.5 * _noise(x, generator), x_mean
 
 
-def ancestral(
-    sde: LinearSDE,
-    score: ScoreFn,
+def ancestral_update(
+    model: ModelViews,
     x: torch.Tensor,
     t: torch.Tensor,
-    s: torch.Tensor,
-    generator: Generator = None,
-    probability_flow: bool = False,
+    step: StepSchedule,
+    generator: Generator,
+    probability_flow: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ancestral sampling from the Gaussian posterior ``q(x_s | x_t, x0_hat)`` of any linear SDE.
+    """A draw of the Gaussian posterior ``q(x_s | x_t, x0_hat)`` of any linear SDE.
 
-    With ``alpha_{t|s} = alpha_t / alpha_s`` and ``v = sigma_t^2 - alpha_{t|s}^2 sigma_s^2`` the posterior mean at
-    Tweedie's ``x0_hat`` simplifies to ``(x + v score) / alpha_{t|s}`` and its variance is ``v sigma_s^2 /
-    sigma_t^2``: DDPM's step for VP and SMLD's for VE (Song et al. 2021, Eq. 47 and 48).
+    With ``alpha_{t|s} = alpha_t / alpha_s`` and ``v = sigma_t^2 - alpha_{t|s}^2 sigma_s^2`` the posterior of
+    ``x_s`` given ``x_t`` and ``x_0`` has mean ``(alpha_{t|s} sigma_s^2 x_t + alpha_s v x_0) / sigma_t^2`` and
+    variance ``v sigma_s^2 / sigma_t^2``; at Tweedie's ``x0_hat`` the mean is ``(x + v score) / alpha_{t|s}``:
+    DDPM's step for VP and SMLD's for VE (Song et al. 2021, Eq. 47 and 48).
     """
     if probability_flow:
         raise ValueError("the ancestral predictor has no probability-flow form; use reverse_diffusion or ddim")
-    a_ts = batch_broadcast(sde.marginal_alpha(t) / sde.marginal_alpha(s), x)
-    v = sde.transition_var(t, s)
-    x_mean = (x + batch_broadcast(v, x) * score(x, t)) / a_ts
-    std = torch.sqrt(v * sde.marginal_std(s) ** 2 / sde.marginal_std(t) ** 2)
-    return x_mean + batch_broadcast(std, x) * _noise(x, generator), x_mean
+    var_t, var_s, v = step.sigma_t**2, step.sigma_s**2, step.transition_var
+    x0 = model.x0(x, t, step.alpha_t, step.sigma_t)
+    x_mean = (step.alpha_t / step.alpha_s * var_s / var_t) * x + (step.alpha_s * v / var_t) * x0
+    return x_mean + (v * var_s / var_t) ** 0.5 * _noise(x, generator), x_mean
 
+
+UPDATES = {
+    "euler_maruyama": euler_maruyama_update,
+    "reverse_diffusion": reverse_diffusion_update,
+    "ancestral": ancestral_update,
+}
+
+
+def _predictor(update):
+    def predictor(
+        sde: LinearSDE,
+        model: ScoreFn,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        s: torch.Tensor,
+        generator: Generator = None,
+        probability_flow: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return update(as_views(model, sde), x, t, step_schedule(sde, x, t, s), generator, probability_flow)
+
+    predictor.__name__ = update.__name__.removesuffix("_update")
+    predictor.__doc__ = update.__doc__
+    return predictor
+
+
+euler_maruyama = _predictor(euler_maruyama_update)
+reverse_diffusion = _predictor(reverse_diffusion_update)
+ancestral = _predictor(ancestral_update)
 
 PREDICTORS: dict[str, Predictor] = {
     "euler_maruyama": euler_maruyama,

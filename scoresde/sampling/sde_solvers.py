@@ -12,9 +12,8 @@ import torch
 import torchsde
 from torchsde._brownian.brownian_base import BaseBrownian
 
-from scoresde.sampling.base import CountingScore, Sampler, tweedie_denoise
+from scoresde.sampling.base import GridOption, GridSampler, ModelViews
 from scoresde.sde import LinearSDE
-from scoresde.utils import Generator
 
 METHODS = ("euler", "milstein", "srk")
 _LEVY = {"euler": "none", "milstein": "none", "srk": "space-time"}
@@ -62,7 +61,7 @@ class _ReverseTime(torch.nn.Module):
     noise_type = "diagonal"
     sde_type = "ito"
 
-    def __init__(self, sde: LinearSDE, score: CountingScore, shape: tuple[int, ...], eps: float):
+    def __init__(self, sde: LinearSDE, score: ModelViews, shape: tuple[int, ...], eps: float):
         super().__init__()
         self.sde, self.shape, self.eps = sde, shape, eps
         self.reverse = sde.reverse(score)
@@ -84,30 +83,35 @@ class _ReverseTime(torch.nn.Module):
         return torch.sqrt(self.sde.diffusion_sq(self._t(s, y)))[:, None].expand_as(y)
 
 
-class SDEIntSampler(Sampler):
-    """``sdeint``: reverse-time SDE with torchsde's Itô solvers (``euler``, ``milstein``, ``srk``), ``steps`` uniform
-    steps (default ``sde.N``). ``euler`` costs 1 score call per step, ``milstein`` 1 (derivative-free in the
+class SDEIntSampler(GridSampler):
+    """``sdeint``: reverse-time SDE with torchsde's Itô solvers (``euler``, ``milstein``, ``srk``), one solver step per
+    interval of the time ``grid`` (``steps``, default ``sde.N``, of a named grid — uniform by default — or the
+    times themselves). ``euler`` costs 1 model call per step, ``milstein`` 1 (derivative-free in the
     state-independent noise), ``srk`` 4."""
 
     name = "sdeint"
+    default_steps = None
+    default_grid = "uniform"
 
     def __init__(
         self,
         *,
         method: str = "euler",
         steps: int | None = None,
-        eps: float = 1e-3,
+        grid: GridOption = None,
+        eps: float | None = None,
         denoise: bool = True,
         dtype: torch.dtype | None = None,
     ):
         if method not in METHODS:
             raise ValueError(f"unknown torchsde method {method!r}; choose one of {METHODS}")
-        self.method, self.steps, self.eps, self.denoise, self.dtype = method, steps, eps, denoise, dtype
+        super().__init__(steps=steps, grid=grid, eps=eps, denoise=denoise, dtype=dtype)
+        self.method = method
 
-    def sample(self, sde: LinearSDE, score: CountingScore, x: torch.Tensor, generator: Generator) -> torch.Tensor:
-        steps = self.steps or sde.N
-        span = sde.T - self.eps
+    def run(self, sde, model, x, grid, generator, callback):
+        eps = float(grid[-1])
         y0 = x.reshape(x.shape[0], -1)
+        span = sde.T - eps
         kw = dict(t0=0.0, t1=span, dtype=y0.dtype, device=y0.device, levy_area_approximation=_LEVY[self.method])
         if generator is None or isinstance(generator, torch.Generator):
             bm = torchsde.BrownianInterval(size=y0.shape, entropy=_seed(generator), **kw)
@@ -115,11 +119,19 @@ class SDEIntSampler(Sampler):
             bm = _PerSampleBrownian(
                 [torchsde.BrownianInterval(size=(1, y0.shape[1]), entropy=_seed(g), **kw) for g in generator]
             )
-        ts = torch.tensor([0.0, span], dtype=torch.float64, device=y0.device)
-        # A step a hair longer than span / steps makes exactly `steps` steps (the last one clipped to the end).
-        dt = span / steps * (1 + 1e-9)
+        # torchsde runs forward in s = T - t. Its fixed-step solvers do not stop on intermediate output times (they
+        # interpolate), so a uniform grid is one call with steps a hair longer than span / n (the last one clipped to
+        # the end), and any other grid one call per interval (one step each). The Brownian motion is shared.
+        ts = (sde.T - grid.to(torch.float64)).clamp(0.0, span).tolist()
+        ts[0], ts[-1] = 0.0, span
+        gaps = torch.tensor(ts).diff()
+        if torch.allclose(gaps, gaps.mean(), rtol=1e-9, atol=0):
+            ts = [0.0, span]
         options = {"grad_free": True} if self.method == "milstein" else None
-        ys = torchsde.sdeint(_ReverseTime(sde, score, tuple(x.shape), self.eps), y0, ts, bm=bm, method=self.method,
-                             dt=dt, options=options)  # fmt: skip
-        x_eps = ys[-1].reshape(x.shape)
-        return tweedie_denoise(sde, score, x_eps, self.eps) if self.denoise else x_eps
+        field = _ReverseTime(sde, model, tuple(x.shape), eps)
+        dt = float(gaps.max()) * (1 + 1e-9)
+        y = y0
+        for s0, s1 in zip(ts[:-1], ts[1:], strict=True):
+            interval = torch.tensor([s0, s1], dtype=torch.float64, device=y0.device)
+            y = torchsde.sdeint(field, y, interval, bm=bm, method=self.method, dt=dt, options=options)[-1]
+        return y.reshape(x.shape)

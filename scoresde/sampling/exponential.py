@@ -1,0 +1,129 @@
+"""Exponential-integrator coordinates and the loop shared by the multistep samplers.
+
+Every linear SDE has ``x_t = alpha_t x_0 + sigma_t z``. With ``lambda = log(alpha / sigma)`` the probability-flow
+ODE has the exact solution (Lu et al. 2022, Eq. 5 and 2022b, Eq. 9)
+
+    x_t = (alpha_t / alpha_s) x_s - alpha_t int_{lambda_s}^{lambda_t} e^{-lambda} eps_hat d lambda
+        = (sigma_t / sigma_s) x_s + sigma_t int_{lambda_s}^{lambda_t} e^{lambda} x0_hat d lambda,
+
+so a method that approximates the model output by a polynomial through its recent values (DPM-Solver, UniPC,
+PNDM's linear multistep part, DDIM as the constant case) makes steps of the form
+
+    x_{i+1} = a_i x_i + sum_j w_ij m_{i-j}
+
+with ``m_k`` the model output (``x0_hat`` or ``eps_hat``) at grid time ``t_k``. The coefficients depend on the
+grid only, so :class:`LinearSteps` holds them, computed once per grid, and :func:`run_linear_steps` is the loop:
+one model call per step and a few fused tensor operations.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from scoresde.sampling.base import ModelViews, StepCallback, batch_times, progress_iter
+from scoresde.sde import LinearSDE
+
+PREDICTIONS = ("data", "noise")
+
+
+@dataclass(frozen=True)
+class GridCoords:
+    """``alpha``, ``sigma``, ``lambda`` and ``sigma_hat = sigma / alpha`` at every grid time, as float64 tuples
+    (hashable: coefficient tables are cached per grid)."""
+
+    times: tuple[float, ...]
+    alpha: tuple[float, ...]
+    sigma: tuple[float, ...]
+    lam: tuple[float, ...]
+    sigma_hat: tuple[float, ...]
+
+    @classmethod
+    def of(cls, sde: LinearSDE, grid: torch.Tensor) -> GridCoords:
+        g = grid.detach().to(device="cpu", dtype=torch.float64)
+        lam = sde.marginal_lambda(g)
+        values = (g, sde.marginal_alpha(g), sde.marginal_std(g), lam, torch.exp(-lam))
+        return cls(*(tuple(v.tolist()) for v in values))
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+
+@dataclass(frozen=True)
+class LinearSteps:
+    """Coefficients of ``x_{i+1} = state_coef[i] x_i + sum_j weights[i][j] m_{i-j}`` (newest output first).
+
+    ``prediction`` is the model view the outputs ``m`` are (``data``: ``x0_hat``, ``noise``: ``eps_hat``).
+    ``corrector`` (UniC) holds, per step ``i``, the weights of the corrected point
+    ``x_{i+1} = state_coef[i] x_i + sum_j corrector[i][j] [m_{i+1}, m_i, m_{i-1}, ...]_j``: it uses the output at
+    the predicted point, which the next step needs anyway, so it costs no model call (``None`` where it is off).
+    """
+
+    prediction: str
+    state_coef: tuple[float, ...]
+    weights: tuple[tuple[float, ...], ...]
+    corrector: tuple[tuple[float, ...] | None, ...] | None = None
+
+    @property
+    def history(self) -> int:
+        """How many past outputs any step uses."""
+        used = [len(w) for w in self.weights] + [len(c) - 1 for c in (self.corrector or []) if c is not None]
+        return max(used)
+
+
+def combine(x: torch.Tensor, state_coef: float, weights, outputs) -> torch.Tensor:
+    """``state_coef x + sum_j weights[j] outputs[j]`` (zero weights skipped)."""
+    out = x * state_coef
+    for w, m in zip(weights, outputs, strict=False):
+        if w != 0.0:
+            out.add_(m, alpha=w)
+    return out
+
+
+def run_linear_steps(
+    model: ModelViews,
+    x: torch.Tensor,
+    coords: GridCoords,
+    steps: LinearSteps,
+    callback: StepCallback | None = None,
+    progress: bool | None = None,
+    desc: str = "sampling",
+) -> torch.Tensor:
+    """The multistep loop over the grid of ``coords``: one model call per step (at the state reached, before its
+    correction when a corrector is on), the corrector of the previous step, then the step itself."""
+    view = model.x0 if steps.prediction == "data" else model.eps
+    times = batch_times(torch.tensor(coords.times), x)
+    keep = max(steps.history, 1)
+    outputs: list[torch.Tensor] = []  # model outputs at previous grid points, newest first
+    x_prev = x
+    for i in progress_iter(range(len(coords) - 1), progress, desc):
+        m = view(x, times[i], coords.alpha[i], coords.sigma[i])
+        if i > 0 and steps.corrector is not None and steps.corrector[i - 1] is not None:
+            x = combine(x_prev, steps.state_coef[i - 1], steps.corrector[i - 1], [m, *outputs])
+        outputs = [m, *outputs][:keep]
+        if callback is not None:
+            denoised = m if steps.prediction == "data" else (x - coords.sigma[i] * m) / coords.alpha[i]
+            callback({"i": i, "t": coords.times[i], "x": x, "denoised": denoised})
+        x_prev = x
+        x = combine(x, steps.state_coef[i], steps.weights[i], outputs)
+    return x
+
+
+def cached_per_grid(build):
+    """Memoize a coefficient-table builder on its (hashable) grid coordinates and options: tables are computed once
+    per grid, however many batches are sampled on it."""
+    return functools.lru_cache(maxsize=128)(build)
+
+
+def basis(n: int) -> list[np.ndarray]:
+    """Unit vectors standing for the model outputs ``m_i, m_{i-1}, ...``: applying an update formula to them gives
+    its weights on each output."""
+    return list(np.eye(n))
+
+
+def check_choice(option: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{option} must be one of {tuple(choices)}, got {value!r}")

@@ -1,0 +1,113 @@
+"""Model views: samplers ask a model for the prediction they need (x0_hat, eps_hat) and convert a plain score
+function otherwise; every call of any view is one NFE; callbacks see every step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scoresde.data import eight_gaussians_mixture
+from scoresde.sampling import ModelViews, get_sampler
+from scoresde.sde import VESDE, VPSDE
+
+F64 = torch.float64
+
+
+class ViewsOnly:
+    """A model that offers only ``x0_hat`` and/or ``eps_hat`` (no score call) and counts which view is called."""
+
+    def __init__(self, mix, sde, views=("x0_hat", "eps_hat")):
+        self.mix, self.sde, self.calls = mix, sde, {"x0_hat": 0, "eps_hat": 0}
+        if "x0_hat" not in views:
+            self.x0_hat = None
+        if "eps_hat" not in views:
+            self.eps_hat = None
+
+    def x0_hat(self, x, t):
+        self.calls["x0_hat"] += 1
+        return self.mix.denoiser(x, t, self.sde)
+
+    def eps_hat(self, x, t):
+        self.calls["eps_hat"] += 1
+        alpha, sigma = self.sde.marginal_alpha(t)[:, None], self.sde.marginal_std(t)[:, None]
+        return (x - alpha * self.mix.denoiser(x, t, self.sde)) / sigma
+
+
+# sampler, options, the view its steps use (the final denoising step always asks for x0_hat)
+CASES = [
+    ("dpm_solver", {"order": 3}, "x0_hat"),
+    ("dpm_solver", {"order": 2, "algorithm": "dpmsolver"}, "eps_hat"),
+    ("unipc", {}, "x0_hat"),
+    ("unipc", {"prediction": "noise"}, "eps_hat"),
+    ("ddim", {}, "eps_hat"),
+    ("ddim", {"eta": 0.5}, "eps_hat"),
+    ("pndm", {}, "eps_hat"),
+    ("heun", {}, "eps_hat"),
+    ("ancestral", {}, "x0_hat"),
+]
+
+
+@pytest.mark.parametrize("name,options,view", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+def test_samplers_ask_for_the_view_they_need(name, options, view):
+    """With a model offering both predictions, each sampler calls only the one its update uses (plus x0_hat once
+    for Tweedie's final step); the samples equal those of the plain score function to rounding (float64)."""
+    mix, sde = eight_gaussians_mixture(), VPSDE()
+    model = ViewsOnly(mix, sde)
+    x = torch.randn(32, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    sampler = get_sampler(name, steps=8, **options)
+    res = sampler(sde, model, x.shape, generator=torch.Generator().manual_seed(1), x_init=x)
+    other = "eps_hat" if view == "x0_hat" else "x0_hat"
+    assert model.calls[view] == res.nfe - (1 if view == "eps_hat" else 0)
+    assert model.calls[other] == (1 if view == "eps_hat" else 0)
+    ref = sampler(sde, mix.score_fn(sde), x.shape, generator=torch.Generator().manual_seed(1), x_init=x)
+    assert ref.nfe == res.nfe
+    torch.testing.assert_close(res.samples, ref.samples, rtol=1e-6, atol=1e-6)  # rounding, amplified by the flow
+
+
+@pytest.mark.parametrize("offered", ["x0_hat", "eps_hat"])
+@pytest.mark.parametrize("name", ["euler_maruyama", "reverse_diffusion", "pc", "ode", "sdeint", "heun", "unipc"])
+def test_a_model_with_one_view_serves_every_sampler(name, offered):
+    """A model offering a single prediction (no score) runs every sampler; the samples equal the plain score's."""
+    mix, sde = eight_gaussians_mixture(), VESDE(sigma_max=10.0)
+    model = ViewsOnly(mix, sde, views=(offered,))
+    x = sde.prior_sampling((16, 2), torch.Generator().manual_seed(0), dtype=F64)
+    options = {"rtol": 1e-6, "atol": 1e-6} if name == "ode" else {"steps": 6}
+    sampler = get_sampler(name, **options)
+    res = sampler(sde, model, x.shape, generator=torch.Generator().manual_seed(2), x_init=x)
+    ref = sampler(sde, mix.score_fn(sde), x.shape, generator=torch.Generator().manual_seed(2), x_init=x)
+    assert sum(model.calls.values()) == res.nfe == ref.nfe
+    torch.testing.assert_close(res.samples, ref.samples, rtol=1e-6, atol=1e-6)
+
+
+def test_views_convert_a_score_function_exactly():
+    """Tweedie: x0_hat = (x + sigma^2 score) / alpha = the mixture's exact posterior mean; eps_hat = -sigma score."""
+    mix, sde = eight_gaussians_mixture(), VPSDE()
+    views = ModelViews(mix.score_fn(sde), sde)
+    x = torch.randn(8, 2, dtype=F64)
+    t = torch.full((8,), 0.3, dtype=F64)
+    torch.testing.assert_close(views.x0(x, t), mix.denoiser(x, t, sde))
+    torch.testing.assert_close(views.eps(x, t), -sde.marginal_std(t)[:, None] * mix.score(x, t, sde))
+    torch.testing.assert_close(views.score(x, 0.3), mix.score(x, t, sde))
+    assert views.nfe == 3
+    with pytest.raises(TypeError, match="x0_hat"):
+        ModelViews(object(), sde)
+    with pytest.raises(ValueError, match="SDE"):
+        ModelViews(mix.score_fn(sde)).x0(x, t)
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpm_solver", "unipc", "pndm", "heun", "pc", "euler_maruyama"])
+def test_callback_sees_every_step(name):
+    """The callback gets ``i``, ``t`` (the grid time of ``x``), ``x`` and ``denoised`` (``None`` where the sampler
+    has no data prediction) once per step, in order. For UniPC, ``denoised`` is the output at the predicted point,
+    before UniC corrects ``x``."""
+    mix, sde = eight_gaussians_mixture(), VPSDE()
+    seen = []
+    sampler = get_sampler(name, steps=5)
+    grid = sampler.time_grid(sde)
+    sampler(sde, mix.score_fn(sde), (4, 2), generator=torch.Generator().manual_seed(0), callback=seen.append)
+    assert [d["i"] for d in seen] == list(range(5))
+    assert [d["t"] for d in seen] == pytest.approx(grid[:-1].tolist())
+    assert all(d["x"].shape == (4, 2) for d in seen)
+    if name not in ("pc", "euler_maruyama", "unipc"):
+        t = torch.full((4,), seen[2]["t"])
+        torch.testing.assert_close(seen[2]["denoised"], mix.denoiser(seen[2]["x"], t, sde), rtol=1e-4, atol=1e-4)
