@@ -99,6 +99,8 @@ def test_classifier_output_directory_is_locked_and_never_overwritten_by_nonsense
     [
         ("trainer.sampler=nosuch", "unknown sampler 'nosuch'"),
         ("+trainer.sampler.bogus=1", "bogus"),
+        ("trainer.sampler.steps=abc", "steps='abc'"),
+        ("trainer.sampler.steps=0", "steps must be >= 1"),
     ],
 )
 def test_preview_sampler_is_checked_before_step_one(tmp_path, override, message):

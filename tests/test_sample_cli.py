@@ -151,3 +151,23 @@ def test_one_sample_format_read_by_the_metrics(tmp_path):
     back = read_samples(paths["npz"])
     assert back.shape == (64, 1, 8, 8) and (back - test).abs().max() <= 0.5 / 255 + 1e-6
     assert frechet_digits_distance(arr) == pytest.approx(frechet_digits_distance(back), rel=1e-5)
+
+
+def test_fit_grid_fits_once_and_caches_beside_the_model(toy_run, tmp_path):
+    """fit_grid=true: the first run fits the interior times (its own score calls, reported apart from the NFE) and
+    caches them in the run directory; the second loads them and draws the same samples."""
+    opts = [f"ckpt={toy_run}", "sampler=unipc", "sampler.steps=4", "n=6", "fit_grid=true", "fit_points=16",
+            "fit_max_evals=12"]  # fmt: skip
+    first = np.load(run_sample(tmp_path / "a", *opts)["npz"])["arr_0"]
+    info = __import__("json").loads((tmp_path / "a" / "sample.json").read_text())
+    fit = info["fitted_grid"]
+    assert not fit["cached"] and fit["fit_nfe"] > 0 and info["nfe_per_sample"] == 4 + 1  # 4 steps + denoise
+    times = fit["times"]
+    assert len(times) == 5 and times[0] == 1.0 and all(a > b for a, b in zip(times, times[1:], strict=False))
+    assert list(toy_run.glob("grid_unipc_4steps_*.pt"))
+    second = np.load(run_sample(tmp_path / "b", *opts)["npz"])["arr_0"]
+    again = __import__("json").loads((tmp_path / "b" / "sample.json").read_text())["fitted_grid"]
+    assert again["cached"] and again["fit_nfe"] == 0 and again["times"] == times
+    np.testing.assert_array_equal(first, second)
+    with pytest.raises(ConfigError, match="fixed-step"):
+        run_sample(tmp_path / "c", f"ckpt={toy_run}", "sampler=ode", "fit_grid=true")

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from scoresde.schema import ConfigError, require, to_dict
-from scoresde.training.build import sampler_node
 
 
 @dataclass
@@ -44,6 +43,9 @@ class SampleConfig:
     mask: str | None = None
     known: str | None = None
     gray: str | None = None
+    fit_grid: bool = False  # fit the sampler's time grid to this model (cached in the model's directory)
+    fit_points: int = 256  # prior draws the fit matches (seeded by `seed`)
+    fit_max_evals: int | None = None  # cap on the fit's objective evaluations (null: the optimizer's default)
 
 
 def check(cfg: SampleConfig) -> None:
@@ -59,6 +61,9 @@ def check(cfg: SampleConfig) -> None:
     require(cfg.gray is None or cfg.mask is None, "gray", cfg.gray, "colorization and inpainting are separate runs")
     inverse = cfg.mask is not None or cfg.gray is not None
     require(not inverse or cfg.label is None, "label", cfg.label, "guidance is not combined with inpainting here")
+    require(cfg.fit_points >= 2, "fit_points", cfg.fit_points, "must be >= 2 (half of them check the fit)")
+    require(cfg.fit_max_evals is None or cfg.fit_max_evals >= 1, "fit_max_evals", cfg.fit_max_evals, "must be >= 1")
+    require(not (cfg.fit_grid and inverse), "fit_grid", cfg.fit_grid, "grids are fitted for plain sampling")
 
 
 def build_sampler(node: Any):
@@ -66,7 +71,7 @@ def build_sampler(node: Any):
     from scoresde.sampling import sampler_from_config
 
     try:
-        return sampler_from_config(sampler_node(node))
+        return sampler_from_config(node)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"sampler: {err}") from None
 
@@ -84,6 +89,12 @@ def run(cfg: SampleConfig, out_dir: str | Path) -> dict[str, Path] | None:
     inverse = cfg.mask is not None or cfg.gray is not None
     if inverse and sampler.name != "pc":
         raise ConfigError("inpainting / colorization run predictor-corrector sampling: use sampler=pc")
+    if cfg.fit_grid:
+        from scoresde.sampling import GridSampler
+        from scoresde.sampling.fitted_grids import is_deterministic
+
+        if not (isinstance(sampler, GridSampler) and is_deterministic(sampler)):
+            raise ConfigError(f"fit_grid=true needs a deterministic fixed-step sampler, not {sampler!r}")
     dist = init_distributed(cfg.device)
     try:
         return _run(cfg, sampler, out_dir, dist)
@@ -100,6 +111,9 @@ def _run(cfg: SampleConfig, sampler, out_dir: str | Path, dist) -> dict[str, Pat
     model = loaded.model.to(dist.device).eval()
     g = cfg.guidance
     score_fn = guided_score(model, cfg.label, g.kind, g.scale, g.classifier, loaded.sde, loaded.centered)
+    fitted = None
+    if cfg.fit_grid:
+        sampler, fitted = _fitted(cfg, loaded, score_fn, sampler, dist)
     if cfg.mask is not None or cfg.gray is not None:
         res = solve_inverse(cfg, loaded, score_fn, sampler, dist.device, dist)
     else:
@@ -108,11 +122,34 @@ def _run(cfg: SampleConfig, sampler, out_dir: str | Path, dist) -> dict[str, Pat
     if res is None:  # not rank 0
         return None
     paths = save_samples(out_dir, res, loaded.to_unit)
-    info = {**to_dict(cfg), "sampler": sampler_node(cfg.sampler), "nfe_per_sample": res.nfe,
-            "processes": dist.world_size}  # fmt: skip
+    node = {"name": cfg.sampler} if isinstance(cfg.sampler, str) else cfg.sampler
+    info = {**to_dict(cfg), "sampler": node, "nfe_per_sample": res.nfe, "processes": dist.world_size}
+    if fitted is not None:
+        info["fitted_grid"] = fitted
     (Path(out_dir) / "sample.json").write_text(json.dumps(info, indent=2, default=str))
     print(f"[scoresde] {cfg.n} samples ({res.nfe} score evaluations each) -> {', '.join(map(str, paths.values()))}")
     return paths
+
+
+def _fitted(cfg: SampleConfig, loaded, score_fn, sampler, dist):
+    """The sampler on its grid fitted to this model (``optimize_grid``), fitted once and cached beside the model; rank
+    0 fits, the other ranks receive the times. Returns the sampler and what ``sample.json`` records of the fit."""
+    from scoresde.distributed import broadcast_object
+    from scoresde.sampling import fit_or_load_grid
+
+    record = None
+    if dist.is_main:
+        where = Path(loaded.source)
+        cache = where if where.is_dir() else where.parent
+        cache = cache.parent if cache.name == "checkpoints" else cache
+        grid, fit_nfe, cached = fit_or_load_grid(cache, loaded.sde, score_fn, sampler, loaded.data_shape,
+                                                 seed=cfg.seed, device=dist.device, n=cfg.fit_points,
+                                                 max_evals=cfg.fit_max_evals)  # fmt: skip
+        record = {"times": [float(t) for t in grid], "fit_nfe": fit_nfe, "cached": cached, "cache_dir": str(cache)}
+        how = "loaded from the cache in" if cached else f"fitted ({fit_nfe} score evaluations, cached in"
+        print(f"[scoresde] time grid of {len(grid) - 1} steps {how} {cache}{'' if cached else ')'}", flush=True)
+    record = broadcast_object(record, dist)
+    return sampler.with_grid(torch.tensor(record["times"], dtype=torch.float64)), record
 
 
 def solve_inverse(cfg: SampleConfig, loaded, score_fn, sampler, device, dist=None):
@@ -140,7 +177,7 @@ def solve_inverse(cfg: SampleConfig, loaded, score_fn, sampler, device, dist=Non
         raise ConfigError(f"mask={cfg.mask!r}: {len(mask)} per-image masks for images up to {last - 1}")
     known = to_model_range(images[cfg.first : last], loaded.centered)
     opts = {k: v for k, v in vars(sampler).items() if k in ("predictor", "corrector", "snr", "n_steps", "steps",
-                                                            "eps", "denoise")}  # fmt: skip
+                                                            "eps", "grid", "denoise")}  # fmt: skip
     seeds = [sample_seed(cfg.seed, k) for k in range(cfg.first, last)]
 
     def batch(start: int, stop: int) -> tuple[torch.Tensor, int]:

@@ -62,13 +62,29 @@ def get_sampler(name: str, **options) -> Sampler:
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(f"sampler {name!r} has no option(s) {unknown}; valid options: {valid}")
-    return cls(**options)
+    _check_option_types(cls, name, options)
+    try:
+        return cls(**options)
+    except TypeError as err:  # a value of the wrong kind deep in a check
+        raise ValueError(f"sampler {name!r}: bad option value ({err})") from None
+
+
+def _check_option_types(cls: type, name: str, options: dict) -> None:
+    """A text where a number or flag is expected (``sampler.steps=abc`` from a command line) is named before use."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    for key, value in options.items():
+        hint = str(params[key].annotation)
+        if isinstance(value, str) and not any(word in hint for word in ("str", "Grid", "Any")):
+            raise ValueError(f"sampler {name!r}: option {key}={value!r} must be {hint}, not text")
 
 
 def sampler_from_config(config) -> Sampler:
-    """Build a sampler from a mapping ``{"name": ..., **options}`` (e.g. a ``conf/sampler/*.yaml`` group). ``grid``
-    may be a grid name, a list of times or the path of a saved grid (``.pt`` / ``.npy``)."""
-    options = dict(config)
+    """Build a sampler from a mapping ``{"name": ..., **options}`` (e.g. a ``conf/sampler/*.yaml`` group) or a bare
+    name (its defaults). ``grid`` may be a grid name, a list of times or the path of a saved grid (``.pt``,
+    ``.npy``)."""
+    options = {"name": config} if isinstance(config, str) else dict(config)
     if "name" not in options:
         raise ValueError(f"sampler config needs a 'name' key (one of {sorted(SAMPLERS)}); got keys {sorted(options)}")
     return get_sampler(options.pop("name"), **options)

@@ -15,8 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ import numpy as np
 import scipy.optimize
 import torch
 
+from scoresde.checkpoint import atomic_save
 from scoresde.sampling.base import GridSampler, ModelViews
 from scoresde.sampling.grids import check_grid
 from scoresde.sampling.ode import ODESampler
@@ -217,10 +216,5 @@ def fit_or_load_grid(
     fit = fit_grid(sde, score_fn, sampler, x_init, max_evals=max_evals)
     record = {"key": key, "grid": fit.grid, "fit_nfe": fit.fit_nfe, "improved": fit.improved,
               "heldout_error": list(fit.heldout_error)}  # fmt: skip
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as tmp:
-        torch.save(record, tmp)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.replace(tmp.name, path)
+    atomic_save(record, path)
     return fit.grid, fit.fit_nfe, False

@@ -27,13 +27,6 @@ def parse_train_config(data: Any, what: str = "training config") -> TrainConfig:
     return cfg
 
 
-def sampler_node(node: Any) -> dict:
-    """The preview sampler as ``{name: ..., **options}`` (a bare name means its defaults)."""
-    if isinstance(node, str):
-        return {"name": node}
-    return dict(node)
-
-
 def build_preview_sampler(node: Any):
     """The sampler of ``trainer.sampler``; an unknown name or option raises before training starts."""
     from scoresde.jobs.sample import build_sampler
@@ -72,4 +65,4 @@ def build_setup(cfg: TrainConfig):
     )
 
 
-__all__ = ["build_preview_sampler", "build_setup", "check_buildable", "parse_train_config", "sampler_node"]
+__all__ = ["build_preview_sampler", "build_setup", "check_buildable", "parse_train_config"]
