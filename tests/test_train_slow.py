@@ -17,7 +17,7 @@ def test_main_job_held_out_loss_falls(tmp_path):
         "trainer.eval_every=50",
         "trainer.ckpt_every=100",
         "trainer.sample_n=16",
-        "trainer.sampler_options.steps=50",
+        "trainer.sampler.steps=50",
         "trainer.progress=false",
         timeout=600,
     )
