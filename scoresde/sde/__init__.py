@@ -1,7 +1,8 @@
 """Forward SDEs with the reference code's interface (Song et al., ICLR 2021)."""
 
 from scoresde.sde.base import SDE, LinearSDE, ReverseSDE, ScoreFn
+from scoresde.sde.edm import EDMSDE
 from scoresde.sde.ve import VESDE
 from scoresde.sde.vp import VPSDE, CosineVPSDE, SubVPSDE
 
-__all__ = ["SDE", "LinearSDE", "ReverseSDE", "ScoreFn", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE"]
+__all__ = ["SDE", "LinearSDE", "ReverseSDE", "ScoreFn", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "EDMSDE"]
