@@ -13,10 +13,12 @@ from typing import Any
 @dataclass
 class ModelConfig:
     net: Any = None  # {_target_: ..., ...}; instantiated with data_shape=...
-    parameterization: str = "eps"
-    time_input: str = "t"
+    parameterization: str = "eps"  # score | eps | x0 | v | edm (scoresde.score)
+    time_input: str = "t"  # t | sigma | log_sigma | edm
     time_scale: float = 1.0
-    centered: bool = True  # images scaled to [-1, 1] (else [0, 1])
+    sigma_data: float | None = None  # edm preconditioning / loss: the data's std; None: estimated from the data
+    scale_by_sigma: bool = False  # parameterization score: the output divided by sigma(t) is the score
+    centered: bool = True  # images scaled to [-1, 1] (else [0, 1], and the network sees 2 x - 1)
     ema_rate: float | None = None  # None: trainer.ema_rate
     image_size: int | None = None  # resolution the network is meant for; the image data groups default to it
     official_config: str | None = None  # published presets: the reference config they reproduce
@@ -40,11 +42,13 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "dsm"  # dsm | ddpm | smld
+    name: str = "dsm"  # dsm | ddpm | smld | edm
     eps: float = 1e-5
     reduce_mean: bool = True
-    weighting: str = "sigma2"  # sigma2 | likelihood
+    weighting: str = "sigma2"  # sigma2 | likelihood | edm (dsm)
     importance_sampling: bool = False
+    p_mean: float = -1.2  # edm: ln(sigma / alpha) ~ N(p_mean, p_std^2)
+    p_std: float = 1.2
     label_dropout: float = 0.0  # class-conditional nets (model.net.num_classes): null label with this probability
 
 
