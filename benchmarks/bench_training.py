@@ -45,7 +45,7 @@ RECIPES: dict[str, list[str]] = {
     "default": [],
     "reference VP DSM": ["sde=vp", "model.parameterization=eps", "model.time_input=t", "loss.name=dsm"],
     "EDM": ["sde=edm", "model.parameterization=edm", "model.time_input=edm", "loss.name=edm"],
-    "EDM precond on VP": ["sde=vp", "model.parameterization=edm", "model.time_input=edm", "loss.name=edm"],
+    "EDM precond on VP": ["sde=vp", "model.parameterization=edm", "loss.name=edm"],
     "v-prediction (VP)": [
         "sde=vp",
         "model.parameterization=v",
@@ -146,6 +146,8 @@ def run_2d(args, recipes: list[str]) -> dict:
                 model, sde, secs = train_run(over, run)
                 row = {"train_s": secs, "samplers": {}, "sigma_data": model.sigma_data}
                 for sname, (sampler, opts) in SAMPLERS_2D.items():
+                    if args.samplers and sname not in args.samplers:
+                        continue
                     x, nfe = sample(model, sde, sampler, opts, (args.n, 2))
                     ok = torch.isfinite(x).all(1)
                     sw = sliced_wasserstein(x[ok], ref) / floor
@@ -170,6 +172,8 @@ def run_digits(args, recipes: list[str]) -> dict:
             model, sde, secs = train_run(over, Path(tmp) / recipe.replace(" ", "_"))
             row = {"train_s": secs, "samplers": {}, "sigma_data": model.sigma_data}
             for sname, (sampler, opts) in SAMPLERS_DIGITS.items():
+                if args.samplers and sname not in args.samplers:
+                    continue
                 x, nfe = sample(model, sde, sampler, opts, (args.digits_n, *model.data_shape))
                 fd = frechet_digits_distance(from_model_range(x.float(), True))
                 row["samplers"][sname] = {"nfe": nfe, "frechet": fd}
@@ -228,6 +232,7 @@ def main(argv=None) -> None:
     ap.add_argument("--n", type=int, default=4000, help="2-D samples per sampler")
     ap.add_argument("--digits-n", type=int, default=359)
     ap.add_argument("--extra", nargs="*", default=[], help="overrides added to every run")
+    ap.add_argument("--samplers", nargs="*", default=None, help="only these samplers (default: all)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
     res2d = run_2d(args, args.recipes) if "2d" in args.part else {}

@@ -20,7 +20,7 @@ at small ``sigma``):
   ``c_skip = sd^2 / (s^2 + sd^2)``, ``c_out = s sd / sqrt(s^2 + sd^2)``, ``c_in = 1 / sqrt(s^2 + sd^2)``,
   ``sd = sigma_data``. (``v`` is ``edm`` with ``sigma_data = 1`` and ``F -> -F``.)
 
-The network's noise label (``time_input``): ``"t"`` (``time_scale * t``; the reference VP models use ``999 t``),
+The network's noise label (``time_input``, times ``time_scale``): ``"t"`` (the reference VP models use ``999 t``),
 ``"sigma"`` (``sigma(t)``, the reference VE models), ``"log_sigma"``, or ``"edm"`` (``c_noise = log(s) / 4``).
 ``centered=False`` says the data lie in ``[0, 1]``: the network then sees ``2 x - 1`` (the reference's NCSN++).
 """
@@ -147,15 +147,17 @@ class ScoreModel(nn.Module):
         return ScoreModel(net, self.sde, **self.options())
 
     def noise_label(self, t: torch.Tensor) -> torch.Tensor:
-        """The label ``(B,)`` the network is conditioned on."""
+        """The label ``(B,)`` the network is conditioned on: ``time_scale`` times ``t``, ``sigma``, ``log sigma`` or
+        ``c_noise = log(sigma / alpha) / 4``."""
         if self.time_input == "t":
-            return t * self.time_scale
-        sigma = self.sde.marginal_std(t)
-        if self.time_input == "sigma":
-            return sigma
-        if self.time_input == "log_sigma":
-            return torch.log(sigma)
-        return 0.25 * torch.log(sigma / self.sde.marginal_alpha(t))
+            label = t
+        elif self.time_input == "sigma":
+            label = self.sde.marginal_std(t)
+        elif self.time_input == "log_sigma":
+            label = torch.log(self.sde.marginal_std(t))
+        else:
+            label = -0.25 * self.sde.marginal_lambda(t)
+        return label if self.time_scale == 1.0 else label * self.time_scale
 
     def precond(self, t: torch.Tensor) -> Precond:
         """The coefficients ``(B,)`` at times ``t``."""

@@ -236,6 +236,7 @@ def test_noise_labels():
     torch.testing.assert_close(ScoreModel(net, sde, "score", "log_sigma").noise_label(t), sde.marginal_std(t).log())
     torch.testing.assert_close(ScoreModel(net, sde, "score", "t", 999.0).noise_label(t), 999 * t)
     torch.testing.assert_close(ScoreModel(net, sde, "score", "edm").noise_label(t), -sde.marginal_lambda(t) / 4)
+    torch.testing.assert_close(ScoreModel(net, sde, "score", "edm", 250.0).noise_label(t), -62.5 * sde.marginal_lambda(t))
 
 
 def test_with_net_keeps_every_option():
