@@ -7,11 +7,12 @@ exactly as the command line does, and trained with ``trainer.num_threads=1``):
 
 * 2-D: ``model=mlp`` on a ``.npz`` of 20,000 exact draws of a Gaussian mixture (``eight_gaussians_mixture``, std
   2.0, and ``random_mixture(2, 5, seed=3, spread=3)``), ``--steps`` steps (3000). Samples (n = 4000, one seed) from
-  ``ode`` (dopri5, rtol = atol = 1e-5), ``heun`` (EDM grid), ``dpm_solver`` (20 steps) and ``euler_maruyama`` (500
-  steps, the control) are scored against the exact mixture: sliced W2 (256 directions) against 4000 fresh exact
-  draws, as a multiple of the two-sample floor (mean over 5 pairs of exact samples), and the mean log-density of
-  the samples minus the exact ``E log p`` (200,000 draws). The learned EMA model's relative score error
-  ``sqrt(E|s - s*|^2 / E|s*|^2)`` under ``p_t`` at 24 noise levels ``s = sigma / alpha`` goes to a plot.
+  ``ode`` (dopri5, rtol = atol = 1e-5), ``heun`` (EDM grid), ``dpm_solver`` (20 steps) and ``euler_maruyama``
+  (500 steps on the EDM grid, the control) are scored against the exact mixture: sliced W2 (256 directions)
+  against 4000 fresh exact draws, as a multiple of the two-sample floor (mean over 5 pairs of exact samples), and
+  the mean log-density of the samples minus the exact ``E log p`` (200,000 draws). The learned EMA model's
+  relative score error ``sqrt(E|s - s*|^2 / E|s*|^2)`` under ``p_t`` at 24 noise levels ``s = sigma / alpha``
+  goes to a plot.
 * digits: the main job (``python train.py`` + the recipe's overrides, 800 steps); 359 samples per sampler scored by
   the digits Fréchet distance to the test split (real train vs test: 9.3).
 
@@ -22,6 +23,7 @@ each run's measured training time. Prints markdown tables; writes benchmarks/res
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -59,7 +61,7 @@ SAMPLERS_2D = {
     "ode": ("ode", {}),
     "heun": ("heun", {}),
     "dpm_solver": ("dpm_solver", {"steps": 20}),
-    "euler_maruyama": ("euler_maruyama", {"steps": 500}),
+    "euler_maruyama": ("euler_maruyama", {"steps": 500, "grid": "edm"}),
 }
 SAMPLERS_DIGITS = {
     "dpm_solver": ("dpm_solver", {"steps": 20}),
@@ -74,6 +76,17 @@ def mixtures() -> dict[str, GaussianMixture]:
 
 
 # ------------------------------------------------------------------------------------------------------ training
+@contextlib.contextmanager
+def workdir(keep: str | None):
+    """A temporary folder, or (``--keep DIR``) a new folder under DIR that stays for inspection."""
+    if keep is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            yield tmp
+    else:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        yield tempfile.mkdtemp(dir=keep)
+
+
 def train_run(overrides: list[str], run_dir: Path) -> tuple[object, object, float]:
     """Train with ``train.py``'s composition and return ``(EMA score model, sde, seconds)``."""
     from hydra import compose, initialize_config_dir
@@ -128,7 +141,7 @@ def score_error_curve(model, sde, mix: GaussianMixture, levels: np.ndarray, n: i
 def run_2d(args, recipes: list[str]) -> dict:
     results = {}
     levels = np.exp(np.linspace(math.log(2e-3), math.log(80.0), 24))
-    with tempfile.TemporaryDirectory() as tmp:
+    with workdir(args.keep) as tmp:
         for mname, mix in mixtures().items():
             if args.mixtures and mname not in args.mixtures:
                 continue
@@ -166,7 +179,7 @@ def run_digits(args, recipes: list[str]) -> dict:
     from scoresde.digits_metrics import frechet_digits_distance
 
     results = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with workdir(args.keep) as tmp:
         for recipe in recipes:
             over = [f"trainer.steps={args.digits_steps}", "trainer.sample_n=0", *RECIPES[recipe], *args.extra]
             model, sde, secs = train_run(over, Path(tmp) / recipe.replace(" ", "_"))
@@ -233,6 +246,7 @@ def main(argv=None) -> None:
     ap.add_argument("--digits-n", type=int, default=359)
     ap.add_argument("--extra", nargs="*", default=[], help="overrides added to every run")
     ap.add_argument("--samplers", nargs="*", default=None, help="only these samplers (default: all)")
+    ap.add_argument("--keep", default=None, help="keep the runs in a new folder under this directory")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
     res2d = run_2d(args, args.recipes) if "2d" in args.part else {}

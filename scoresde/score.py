@@ -53,6 +53,7 @@ class Precond:
     d: torch.Tensor
     e: torch.Tensor | None
     f: torch.Tensor
+    f_divides: bool = False  # score = F / f (the reference's own operation, so its scores are reproduced bitwise)
 
 
 def precond_coefficients(
@@ -65,10 +66,10 @@ def precond_coefficients(
     """The coefficients of :class:`Precond` for ``parameterization`` (module docstring), each in closed form."""
     one = torch.ones_like(sigma)
     if parameterization == "eps":  # x0 = (x - sigma F) / alpha, score = -F / sigma
-        return Precond(None, 1 / alpha, -sigma / alpha, None, one, None, -1 / sigma)
+        return Precond(None, 1 / alpha, -sigma / alpha, None, one, None, -sigma, f_divides=True)
     if parameterization == "score":  # score = k F, eps = -sigma k F, x0 = (x + sigma^2 k F) / alpha
         if scale_by_sigma:
-            return Precond(None, 1 / alpha, sigma / alpha, None, -one, None, 1 / sigma)
+            return Precond(None, 1 / alpha, sigma / alpha, None, -one, None, sigma, f_divides=True)
         return Precond(None, 1 / alpha, sigma**2 / alpha, None, -sigma, None, one)
     if parameterization == "x0":  # eps = (x - alpha F) / sigma, score = (alpha F - x) / sigma^2
         return Precond(None, None, one, 1 / sigma, -alpha / sigma, -1 / sigma**2, alpha / sigma**2)
@@ -178,9 +179,12 @@ class ScoreModel(nn.Module):
         return out.to(torch.promote_types(out.dtype, x.dtype)), p
 
     @staticmethod
-    def _combine(x: torch.Tensor, out: torch.Tensor, u: torch.Tensor | None, w: torch.Tensor) -> torch.Tensor:
-        """``u x + w F`` (``u = None``: ``w F`` alone, so an eps-net's score is exactly ``-F / sigma``)."""
-        w_out = batch_broadcast(w.to(out.dtype), out) * out
+    def _combine(
+        x: torch.Tensor, out: torch.Tensor, u: torch.Tensor | None, w: torch.Tensor, divide: bool = False
+    ) -> torch.Tensor:
+        """``u x + w F`` (``u = None``: ``w F`` alone; ``divide``: ``F / w``, e.g. an eps-net's score ``-F / sigma``)."""
+        w = batch_broadcast(w.to(out.dtype), out)
+        w_out = out / w if divide else w * out
         return w_out if u is None else batch_broadcast(u.to(out.dtype), x) * x + w_out
 
     def raw(self, x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -190,7 +194,7 @@ class ScoreModel(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:
         """The score ``grad_x log p_t(x)``."""
         out, p = self._evaluate(x, t, **kwargs)
-        return self._combine(x, out, p.e, p.f)
+        return self._combine(x, out, p.e, p.f, p.f_divides)
 
     def x0_hat(self, x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:
         """The denoiser ``D(x, t) = E[x_0 | x_t = x]`` (data prediction)."""
@@ -210,11 +214,12 @@ class ScoreModel(nn.Module):
 def estimate_sigma_data(x: torch.Tensor) -> float:
     """The data's standard deviation ``sigma_data`` (Karras et al. 2022, App. B.6) from examples ``(B, ...)``: the
     square root of the per-coordinate variances averaged over coordinates (the paper sets 0.5 for images in
-    [-1, 1]; 2-D points of std 2 give 2)."""
+    [-1, 1]; 2-D points of std 2 give 2). Non-finite entries are left out."""
     if x.ndim < 2 or x.shape[0] < 2:
         raise ValueError(f"need a batch of at least 2 examples (B, ...) to estimate sigma_data, got {tuple(x.shape)}")
     xf = x.reshape(x.shape[0], -1).double()
-    value = float(torch.sqrt(((xf - xf.mean(0)) ** 2).mean()))
+    xf = torch.where(torch.isfinite(xf), xf, torch.nan)  # non-finite entries are left out (the loss reports them)
+    value = float(torch.sqrt(((xf - xf.nanmean(0)) ** 2).nanmean(0).mean()))
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"cannot estimate sigma_data from data with standard deviation {value}")
     return value

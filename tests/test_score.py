@@ -210,6 +210,9 @@ def test_estimate_sigma_data():
         estimate_sigma_data(torch.zeros(1, 3))
     with pytest.raises(ValueError, match="standard deviation"):
         estimate_sigma_data(torch.zeros(5, 3))
+    # a NaN entry is left out (training then stops on the NaN loss, with its own message)
+    bad = torch.tensor([[0.0, 1.0], [2.0, float("nan")], [4.0, 3.0]], dtype=torch.float64)
+    assert estimate_sigma_data(bad) == pytest.approx(math.sqrt((8 / 3 + 1) / 2))
 
 
 def test_bad_options_and_shapes():
