@@ -21,6 +21,16 @@ network; with ``label_dropout = p`` each label is replaced by the null label (``
 (uniforms drawn after ``t`` and ``z``, so the other draws do not change), training one network for the
 conditional and the unconditional score.
 
+The EDM recipe (Karras et al. 2022, Sec. 5 and Table 1), for any linear SDE through ``s = sigma / alpha``:
+
+* ``time_sampling="lognormal"``: ``ln s ~ N(p_mean, p_std^2)`` (-1.2, 1.2), truncated to the SDE's range
+  ``[s(eps), s(T)]`` (an exact inverse-CDF draw, so no mass piles up at the ends), ``t = inverse_lambda(-ln s)``;
+* ``weighting="edm"``: ``lambda(s) = (s^2 + sd^2) / (s sd)^2`` in front of ``|| x0_hat - x_0 ||^2``. Since
+  ``x0_hat - x_0 = s (eps_hat - z)`` that is ``(s^2 + sd^2) / sd^2`` in front of ``|| z - eps_hat ||^2``; with the
+  ``edm`` parameterization the network's own target then has unit weight at every noise level.
+
+:func:`edm_loss` is the two together (``loss.name=edm``); each also combines with the other options.
+
 Reduction over dimensions: ``reduce_mean=True`` takes the mean, otherwise half the sum (the reference's
 convention); the batch is always averaged. The draws are made as the reference does: ``t`` first, then
 ``z = randn_like(x)``.
@@ -37,8 +47,8 @@ from scoresde.score import ScoreModel
 from scoresde.sde import LinearSDE
 from scoresde.utils import Generator, batch_broadcast, rand, randn
 
-WEIGHTINGS = ("sigma2", "likelihood")
-TIME_SAMPLINGS = ("uniform", "discrete")
+WEIGHTINGS = ("sigma2", "likelihood", "edm")
+TIME_SAMPLINGS = ("uniform", "discrete", "lognormal")
 
 
 @dataclass
@@ -72,6 +82,9 @@ class DSMLoss:
     importance_sampling: bool = False
     time_sampling: str = "uniform"
     label_dropout: float = 0.0
+    sigma_data: float | None = None  # weighting="edm": the data's standard deviation
+    p_mean: float = -1.2  # time_sampling="lognormal": mean and std of ln(sigma / alpha)
+    p_std: float = 1.2
 
     def __post_init__(self):
         if not 0 <= self.label_dropout <= 1:
@@ -84,6 +97,12 @@ class DSMLoss:
             raise ValueError("importance_sampling needs weighting='likelihood' and time_sampling='uniform'")
         if not 0 < self.eps < self.sde.T:
             raise ValueError(f"loss eps must lie in (0, T = {self.sde.T}), got {self.eps}")
+        if self.weighting == "edm" and not (self.sigma_data is not None and self.sigma_data > 0):
+            raise ValueError(
+                f"weighting='edm' needs sigma_data > 0 (the data's standard deviation), got {self.sigma_data}"
+            )
+        if not self.p_std > 0:
+            raise ValueError(f"p_std must be > 0, got {self.p_std}")
 
     # --- time -------------------------------------------------------------------------------------------
     def sample_time(
@@ -97,6 +116,8 @@ class DSMLoss:
             N = self.sde.N
             t = (torch.floor(u * N).clamp(max=N - 1) + 1) * (T / N)
             return t, torch.ones_like(t)
+        if self.time_sampling == "lognormal":
+            return self._lognormal_time(u), torch.ones_like(u)
         if not self.importance_sampling:
             return u * (T - eps) + eps, torch.ones_like(u)
         ends = torch.tensor([eps, T], device=device, dtype=torch.float64)
@@ -106,10 +127,20 @@ class DSMLoss:
         weight = 2 * (lam[0] - lam[1]) / (T - eps)
         return t, torch.full_like(t, float(weight))
 
+    def _lognormal_time(self, u: torch.Tensor) -> torch.Tensor:
+        """``t`` with ``ln(sigma / alpha) ~ N(p_mean, p_std^2)`` truncated to ``[eps, T]``, from uniforms ``u``."""
+        ends = torch.tensor([self.eps, self.sde.T], device=u.device, dtype=torch.float64)
+        cdf = torch.special.ndtr((-self.sde.marginal_lambda(ends) - self.p_mean) / self.p_std)
+        log_s = self.p_mean + self.p_std * torch.special.ndtri(cdf[0] + u.to(torch.float64) * (cdf[1] - cdf[0]))
+        return self.sde.inverse_lambda(-log_s).clamp(self.eps, self.sde.T).to(u.dtype)
+
     def time_weight(self, t: torch.Tensor) -> torch.Tensor:
         """``lambda(t) / sigma(t)^2``: the factor in front of ``|| sigma s + z ||^2`` (1 for ``sigma2``)."""
         if self.weighting == "sigma2":
             return torch.ones_like(t)
+        if self.weighting == "edm":
+            s2 = torch.exp(-2 * self.sde.marginal_lambda(t))
+            return (s2 + self.sigma_data**2) / self.sigma_data**2
         return self.sde.diffusion_sq(t) / self.sde.marginal_std(t) ** 2
 
     def draw(self, x_shape, generator: Generator = None, device=None, dtype=None) -> LossDraws:
@@ -135,8 +166,8 @@ class DSMLoss:
             if draws.keep is not None:
                 y = torch.where(draws.keep.to(y.device), y, torch.full_like(y, num_classes_of(score_model)))
             kwargs["y"] = y
-        # sigma * score + z == z - eps_hat; eps-parameterized nets give eps_hat without dividing by sigma.
-        residual = z - score_model.predict_eps(x_t, t, **kwargs)
+        # sigma * score + z == z - eps_hat; every parameterization gives eps_hat from its output directly.
+        residual = z - score_model.eps_hat(x_t, t, **kwargs)
         sq = residual.square().reshape(x.shape[0], -1)
         if sq.dtype in (torch.float16, torch.bfloat16):
             sq = sq.float()
@@ -172,11 +203,33 @@ def smld_loss(sde: LinearSDE, reduce_mean: bool = False) -> DSMLoss:
     return DSMLoss(sde, reduce_mean=reduce_mean, time_sampling="discrete")
 
 
-LOSSES = {"dsm": dsm_loss, "ddpm": ddpm_loss, "smld": smld_loss}
+def edm_loss(
+    sde: LinearSDE,
+    sigma_data: float | None = None,
+    p_mean: float = -1.2,
+    p_std: float = 1.2,
+    eps: float = 1e-5,
+    reduce_mean: bool = True,
+) -> DSMLoss:
+    """EDM's loss (Karras et al. 2022, Eq. 8 and Table 1): log-normal noise levels, weighting
+    ``(s^2 + sd^2) / (s sd)^2`` on ``|| x0_hat - x_0 ||^2``; ``sigma_data`` is the data's standard deviation."""
+    return DSMLoss(
+        sde,
+        eps=eps,
+        reduce_mean=reduce_mean,
+        weighting="edm",
+        time_sampling="lognormal",
+        sigma_data=sigma_data,
+        p_mean=p_mean,
+        p_std=p_std,
+    )
+
+
+LOSSES = {"dsm": dsm_loss, "ddpm": ddpm_loss, "smld": smld_loss, "edm": edm_loss}
 
 
 def get_loss(name: str, sde: LinearSDE, **options) -> DSMLoss:
-    """Build a loss by name (``dsm``, ``ddpm``, ``smld``)."""
+    """Build a loss by name (``dsm``, ``ddpm``, ``smld``, ``edm``)."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
     try:

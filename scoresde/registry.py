@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from scoresde.nets import MLP, NCSNpp
-from scoresde.sde import VESDE, VPSDE, CosineVPSDE, SubVPSDE
+from scoresde.sde import EDMSDE, VESDE, VPSDE, CosineVPSDE, SubVPSDE
 
 
 class ConfigError(ValueError):
@@ -36,6 +36,7 @@ def _allowed() -> dict[str, Callable[..., Any]]:
         "scoresde.sde.SubVPSDE": SubVPSDE,
         "scoresde.sde.VESDE": VESDE,
         "scoresde.sde.CosineVPSDE": CosineVPSDE,
+        "scoresde.sde.EDMSDE": EDMSDE,
         # score networks
         "scoresde.nets.NCSNpp": NCSNpp,
         "scoresde.nets.MLP": MLP,

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+import scipy.stats
 import torch
 from conftest import shared_path
 from scipy import integrate
 from torch import nn
 
 from scoresde.data import GaussianMixture, random_mixture
-from scoresde.losses import DSMLoss, LossDraws, ddpm_loss, get_loss, smld_loss
+from scoresde.losses import DSMLoss, LossDraws, ddpm_loss, edm_loss, get_loss, smld_loss
 from scoresde.score import ScoreModel
-from scoresde.sde import VESDE, VPSDE, SubVPSDE
+from scoresde.sde import EDMSDE, VESDE, VPSDE, SubVPSDE
 
 Z = 5.0  # allowed deviation in standard errors (two-sided p ~ 6e-7 per check)
 
@@ -247,3 +249,149 @@ def test_loss_equals_reference_on_its_checkpoint(folder, use_ema):
     # README of the fixtures: outputs agree to ~1e-6 relative across thread counts
     torch.testing.assert_close(per, io[f"loss_per_example_{tag}"], rtol=2e-5, atol=0)
     torch.testing.assert_close(per.mean(), io[f"loss_{tag}"], rtol=2e-5, atol=0)
+
+
+# ------------------------------------------------------------------------------------------------------ EDM loss
+EDM_SDES = {"vp": VPSDE, "ve": VESDE, "edm": EDMSDE}
+
+
+class ExactDenoiserNet(nn.Module):
+    """The exact mixture denoiser behind the ``edm`` parameterization: ``F = (x0* - c_skip y) / c_out`` (written
+    without cancellation), the EDM SDE's noise label ``ln(s) / 4``; ``delta`` adds ``delta * sin(input)``."""
+
+    def __init__(self, mix, sde, sigma_data, delta=0.0):
+        super().__init__()
+        self.mix, self.sde, self.sd, self.delta = mix, sde, sigma_data, delta
+
+    def forward(self, inp, label):
+        t = self.sde.inverse_lambda(-4 * label)
+        alpha, sigma = self.sde.marginal_alpha(t)[:, None], self.sde.marginal_std(t)[:, None]
+        s, r2 = sigma / alpha, (sigma / alpha) ** 2 + self.sd**2
+        x = inp * alpha * r2.sqrt()  # c_in = 1 / (alpha sqrt(s^2 + sd^2))
+        eps = -sigma * self.mix.score(x, t, self.sde)
+        return (s * x / (alpha * r2) - eps) * r2.sqrt() / self.sd + self.delta * torch.sin(inp)
+
+
+def exact_edm_model(mix, sde, sigma_data, delta=0.0) -> ScoreModel:
+    return ScoreModel(ExactDenoiserNet(mix, sde, sigma_data, delta), sde, "edm", "edm", sigma_data=sigma_data)
+
+
+@pytest.mark.parametrize("name", sorted(EDM_SDES))
+def test_edm_loss_irreducible_value_at_exact_denoiser(name):
+    """E[lambda(s) |x0* - x0|^2] over the log-normal noise levels equals E_t[w(t) (1 - sigma^2 E|s*|^2 / D)], the
+    latter from an independent sample of p_t at the same t (n = 40000, Z standard errors of the difference)."""
+    sde = EDM_SDES[name]()
+    mix, sd = random_mixture(2, n_components=3, seed=1), 1.3
+    loss = edm_loss(sde, sigma_data=sd)
+    n = 40_000
+    g = torch.Generator().manual_seed(0)
+    x0 = mix.sample(n, generator=g)
+    draws = loss.draw(x0.shape, generator=g, dtype=torch.float64)
+    per = loss.per_example(exact_edm_model(mix, sde, sd), x0, draws)
+    alpha, sigma = sde.marginal_alpha(draws.t)[:, None], sde.marginal_std(draws.t)[:, None]
+    xt = alpha * mix.sample(n, generator=g) + sigma * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    fisher = mix.score(xt, draws.t, sde).square().sum(1)
+    irreducible = loss.time_weight(draws.t) * (1 - sigma[:, 0] ** 2 * fisher / 2)
+    diff = per - irreducible
+    assert abs(float(diff.mean())) < Z * float(diff.std()) / math.sqrt(n)
+    # the irreducible part is a real, non-zero floor: a wrong denoiser scores clearly above it
+    worse = loss.per_example(exact_edm_model(mix, sde, sd, delta=0.3), x0, draws)
+    assert float((worse - per).mean()) > Z * float((worse - per).std()) / math.sqrt(n)
+
+
+@pytest.mark.parametrize("name", sorted(EDM_SDES))
+def test_edm_loss_gradient_vanishes_at_exact_denoiser(name):
+    """d loss / d delta at delta = 0 for F* + delta sin(input): zero in expectation (quadratic: exact central FD)."""
+    sde = EDM_SDES[name]()
+    mix, sd = random_mixture(2, n_components=3, seed=4), 0.8
+    loss = edm_loss(sde, sigma_data=sd)
+    n, h = 20_000, 1e-3
+    g = torch.Generator().manual_seed(5)
+    x0 = mix.sample(n, generator=g)
+    draws = loss.draw(x0.shape, generator=g, dtype=torch.float64)
+    up = loss.per_example(exact_edm_model(mix, sde, sd, h), x0, draws)
+    down = loss.per_example(exact_edm_model(mix, sde, sd, -h), x0, draws)
+    grad = (up - down) / (2 * h)
+    assert abs(float(grad.mean())) < Z * float(grad.std()) / math.sqrt(n)
+
+
+def test_edm_weighting_is_unit_weight_on_the_network_target():
+    """With the edm parameterization lambda(s) c_out^2 = 1: the per-example EDM loss is mean (F - F_target)^2 with
+    F_target = (x0 - c_skip y) / c_out (Karras et al. 2022, Eq. 8), and equals lambda(s) mean |x0_hat - x0|^2."""
+    sde, sd = VPSDE(), 0.6
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+
+        def forward(self, x, label):
+            return self.lin(x) * (1 + label[:, None])
+
+    torch.manual_seed(0)
+    model = ScoreModel(Net(), sde, "edm", "edm", sigma_data=sd).double()
+    x0 = torch.randn(64, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    loss = edm_loss(sde, sigma_data=sd)
+    draws = loss.draw(x0.shape, torch.Generator().manual_seed(2), dtype=x0.dtype)
+    alpha, sigma = sde.marginal_alpha(draws.t)[:, None], sde.marginal_std(draws.t)[:, None]
+    xt = alpha * x0 + sigma * draws.z
+    s = sigma / alpha
+    c_skip, c_out = sd**2 / (s**2 + sd**2), s * sd / (s**2 + sd**2).sqrt()
+    target = (x0 - c_skip * xt / alpha) / c_out
+    got = loss.per_example(model, x0, draws)
+    torch.testing.assert_close(got, (model.raw(xt, draws.t) - target).square().mean(1), rtol=1e-9, atol=0)
+    lam = (s[:, 0] ** 2 + sd**2) / (s[:, 0] * sd) ** 2
+    torch.testing.assert_close(got, lam * (model.x0_hat(xt, draws.t) - x0).square().mean(1), rtol=1e-9, atol=0)
+
+
+def test_v_loss_is_edm_weighting_with_unit_sigma_data():
+    """On VP, |v - v_hat|^2 = (1 + s^2) |eps - eps_hat|^2 (Salimans & Ho 2022): ``weighting='edm'``, sigma_data = 1."""
+    sde = VPSDE()
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+
+        def forward(self, x, label):
+            return self.lin(x) * label[:, None]
+
+    torch.manual_seed(0)
+    model = ScoreModel(Net(), sde, "v", "t").double()
+    x0 = torch.randn(32, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    loss = DSMLoss(sde, weighting="edm", sigma_data=1.0)
+    draws = loss.draw(x0.shape, torch.Generator().manual_seed(2), dtype=x0.dtype)
+    alpha, sigma = sde.marginal_alpha(draws.t)[:, None], sde.marginal_std(draws.t)[:, None]
+    v = alpha * draws.z - sigma * x0
+    xt = alpha * x0 + sigma * draws.z
+    torch.testing.assert_close(loss.per_example(model, x0, draws), (model.raw(xt, draws.t) - v).square().mean(1))
+
+
+@pytest.mark.parametrize("name", sorted(EDM_SDES))
+def test_lognormal_noise_levels(name):
+    """ln(sigma / alpha) of the drawn t follows N(p_mean, p_std^2) truncated to the SDE's [s(eps), s(T)]
+    (Kolmogorov-Smirnov against the truncated normal CDF, n = 20000, 0.1% critical value)."""
+    sde = EDM_SDES[name]()
+    loss = edm_loss(sde, sigma_data=0.5, p_mean=-0.4, p_std=1.6)
+    n = 20_000
+    t, w = loss.sample_time(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert torch.all(w == 1) and t.min() >= loss.eps and t.max() <= sde.T
+    log_s = torch.sort(-sde.marginal_lambda(t))[0]
+    ends = -sde.marginal_lambda(torch.tensor([loss.eps, sde.T], dtype=torch.float64))
+    normal = scipy.stats.norm(-0.4, 1.6)
+    lo, hi = normal.cdf(ends.numpy())
+    cdf = (normal.cdf(log_s.numpy()) - lo) / (hi - lo)
+    emp = np.arange(1, n + 1) / n
+    assert np.abs(cdf - emp).max() < 1.95 / math.sqrt(n)
+
+
+def test_edm_loss_options():
+    sde = EDMSDE()
+    with pytest.raises(ValueError, match="sigma_data"):
+        edm_loss(sde)
+    with pytest.raises(ValueError, match="sigma_data"):
+        get_loss("edm", sde, sigma_data=0.0)
+    with pytest.raises(ValueError, match="p_std"):
+        get_loss("edm", sde, sigma_data=0.5, p_std=0.0)
+    loss = get_loss("edm", sde, sigma_data=0.5)
+    assert (loss.weighting, loss.time_sampling, loss.p_mean, loss.p_std) == ("edm", "lognormal", -1.2, 1.2)

@@ -115,7 +115,7 @@ def test_published_presets_have_published_parameter_counts(name):
     ours.pop("_target_")
     assert {k: tuple(v) if isinstance(v, list) else v for k, v in ours.items()} == official
     score = score_kwargs_from_config(cfg.official_config)
-    assert (cfg.parameterization, cfg.time_input, cfg.time_scale) == tuple(score.values())
+    assert {k: cfg[k] for k in score} == score
     assert cfg.ema_rate == OFFICIAL_CONFIGS[cfg.official_config]["model"]["ema_rate"]
 
 
@@ -173,7 +173,7 @@ OPTION_GRID = [
     dict(resblock_type="biggan", progressive="residual", progressive_input="none", progressive_combine="cat"),
     dict(resblock_type="ddpm", resamp_with_conv=False, fir=True, progressive_input="input_skip"),
     dict(resblock_type="ddpm", resamp_with_conv=False, fir=False, skip_rescale=False),
-    dict(embedding_type="positional", scale_by_sigma=True, conditional=False, centered=True),
+    dict(embedding_type="positional", conditional=False),
 ]
 
 
@@ -223,11 +223,13 @@ def test_dropout_only_in_train_mode():
 
 
 def test_scale_by_sigma_divides_the_output():
-    """With the Fourier embedding the label is sigma and the output is ``h / sigma`` (the score scale)."""
-    a, b = small_net(scale_by_sigma=True).eval(), small_net(scale_by_sigma=False).eval()
-    x, sigma = torch.rand(2, 3, 8, 8), torch.tensor([0.5, 4.0])
+    """The reference's division by sigma lives in the preconditioning layer: the score is ``net(x, sigma) / sigma``."""
+    net, sde = small_net().eval(), VESDE()
+    model = ScoreModel(net, sde, "score", "sigma", scale_by_sigma=True)
+    x, t = torch.rand(2, 3, 8, 8), torch.tensor([0.2, 0.6])
+    sigma = sde.marginal_std(t)
     with torch.no_grad():
-        torch.testing.assert_close(a(x, sigma) * sigma[:, None, None, None], b(x, sigma))
+        torch.testing.assert_close(model(x, t) * sigma[:, None, None, None], net(x, sigma))
 
 
 def test_float64_and_channels_last_agree_with_float32():
@@ -245,29 +247,32 @@ def test_float64_and_channels_last_agree_with_float32():
 
 @pytest.mark.parametrize("embedding_type", ["fourier", "positional"])
 def test_bf16_autocast_keeps_embedding_and_scaling_in_float32(embedding_type):
-    net = small_net(embedding_type=embedding_type, scale_by_sigma=True).eval()
-    x, label = torch.rand(2, 3, 8, 8), torch.tensor([0.5, 40.0])
+    net = small_net(embedding_type=embedding_type).eval()
+    model = ScoreModel(net, VESDE(), "score", "sigma", scale_by_sigma=True)  # the 1 / sigma scaling
+    x, t = torch.rand(2, 3, 8, 8), torch.tensor([0.5, 0.9])
+    label = model.noise_label(t)
     with torch.no_grad():
-        ref = net(x, label)
+        ref = model(x, t)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert net.embed(label).dtype == torch.float32
-            out = net(x, label)
+            out = model(x, t)
     assert out.dtype == torch.float32
     # bf16 has an 8-bit mantissa: a few 1e-2 relative error over a dozen layers.
     assert ((out - ref).abs().max() / ref.abs().max()).item() < 0.1
 
 
 def test_score_model_wraps_ddpmpp_and_ncsnpp():
-    """VP: the network sees 999 t and predicts eps; VE: it sees sigma(t) and returns the score."""
+    """VP: the network sees 999 t and predicts eps; VE: it sees 2 x - 1 and sigma(t); output / sigma = score."""
     x, t = torch.rand(2, 3, 8, 8), torch.tensor([0.2, 0.9])
-    vp_net = small_net(embedding_type="positional", scale_by_sigma=False, centered=True).eval()
+    vp_net = small_net(embedding_type="positional").eval()
     vp = ScoreModel(vp_net, VPSDE(), parameterization="eps", time_input="t", time_scale=999)
     with torch.no_grad():
         std = VPSDE().marginal_std(t)
         torch.testing.assert_close(vp(x, t), -vp_net(x, 999 * t) / std[:, None, None, None])
         ve_net = small_net().eval()
-        ve = ScoreModel(ve_net, VESDE(), parameterization="score", time_input="sigma")
-        torch.testing.assert_close(ve(x, t), ve_net(x, VESDE().marginal_std(t)))
+        ve = ScoreModel(ve_net, VESDE(), "score", "sigma", centered=False, scale_by_sigma=True)
+        sigma = VESDE().marginal_std(t)
+        torch.testing.assert_close(ve(x, t), ve_net(2 * x - 1, sigma) / sigma[:, None, None, None])
 
 
 @pytest.mark.slow
@@ -280,7 +285,8 @@ def test_torch_compile_matches_eager():
 
 
 def test_presets_compose_with_hydra_and_carry_the_data_scaling():
-    """``model=<preset>`` composes; ``net.centered`` follows the preset's ``centered`` (also when overridden)."""
+    """``model=<preset>`` composes; the data scaling is the preset's ``centered`` (also when overridden), applied by the
+    preconditioning layer (``ScoreModel``), not passed to the network."""
     from hydra import compose, initialize_config_dir
 
     root = OmegaConf.load(CONF.parent / "config.yaml")
@@ -292,4 +298,5 @@ def test_presets_compose_with_hydra_and_carry_the_data_scaling():
                 cfg = compose("config", overrides=[f"{prefix}model={preset}", *override])
                 with torch.device("meta"):
                     net = hydra.utils.instantiate(cfg.model.net, data_shape=(1, 8, 8))
-                assert net.centered == cfg.model.centered == (centered if not override else not centered)
+                assert isinstance(net, NCSNpp) and "centered" not in cfg.model.net
+                assert cfg.model.centered == (centered if not override else not centered)

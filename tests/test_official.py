@@ -61,8 +61,11 @@ def loaded(request):
 def test_network_output_matches_reference(loaded):
     _, use_ema, model, io = loaded
     tag = "ema" if use_ema else "model"
+    sm = model.score_model  # the reference's 2x - 1 input and 1 / sigma output live in the preconditioning layer
     with torch.no_grad():
-        out = model.net(io["x"], io["labels"])
+        out = model.net(io["x"] if sm.centered else 2 * io["x"] - 1, io["labels"])
+        if sm.scale_by_sigma:  # the reference VE network divides by its label sigma(t)
+            out = out / io["labels"][:, None, None, None]
     close_to_max(out, io[f"net_out_{tag}"])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import mpmath
 import numpy as np
@@ -11,15 +12,26 @@ import scipy.integrate
 import scipy.stats
 import torch
 import torchsde
+from conftest import SDE_FACTORIES
 
-from scoresde.sde import VESDE, VPSDE, CosineVPSDE, SubVPSDE
+from scoresde.sde import EDMSDE, VESDE, VPSDE, CosineVPSDE, SubVPSDE
 
 mpmath.mp.dps = 40
+
+# Every generic test below also runs on the EDM SDE (Karras et al. 2022): sigma(t) = t, alpha = 1, T = 80.
+ALL_SDES = {**SDE_FACTORIES, "edm": EDMSDE}
+
+
+@pytest.fixture(params=sorted(ALL_SDES))
+def sde(request):
+    return ALL_SDES[request.param]()
 
 
 def exact_std(sde, t: float) -> float:
     """sigma(t) from the closed forms, evaluated with 40 significant digits."""
     t = mpmath.mpf(t)
+    if isinstance(sde, EDMSDE):
+        return float(t)
     if isinstance(sde, VESDE):
         return float(sde.sigma_min * (mpmath.mpf(sde.sigma_max) / sde.sigma_min) ** t)
     if isinstance(sde, CosineVPSDE):
@@ -349,3 +361,93 @@ def test_cuda_matches_cpu(sde):
     g = torch.Generator().manual_seed(0)
     z = sde.prior_sampling((2, 3), generator=g, device="cuda")
     assert z.is_cuda and torch.equal(z.cpu(), sde.prior_sampling((2, 3), torch.Generator().manual_seed(0)))
+
+
+# ----------------------------------------------------------------------------------------------------- EDM SDE
+
+
+def test_edm_closed_forms():
+    """x_t = x_0 + t z: alpha = 1, sigma = t, f = 0, g^2 = d sigma^2 / dt = 2 t, lambda = -log t, T = 80,
+    final time 0.002, prior N(0, 80^2 I), Var(x_t | x_s) = t^2 - s^2 (Karras et al. 2022, Eq. 6 and Table 1)."""
+    sde = EDMSDE()
+    assert sde.T == 80.0 and sde.eps == 0.002 and sde.prior_std == 80.0
+    t = torch.tensor([0.002, 0.1, 1.0, 7.5, 80.0], dtype=torch.float64)
+    x = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    mean, std = sde.marginal_prob(x, t)
+    assert torch.equal(mean, x) and torch.equal(std, t)
+    drift, g = sde.sde(x, t)
+    assert torch.all(drift == 0)
+    torch.testing.assert_close(g, torch.sqrt(2 * t), rtol=1e-15, atol=0)
+    torch.testing.assert_close(sde.marginal_lambda(t), -torch.log(t), rtol=1e-15, atol=0)
+    torch.testing.assert_close(sde.inverse_lambda(-torch.log(t)), t, rtol=1e-15, atol=0)
+    s = t * 0.999999
+    torch.testing.assert_close(sde.transition_var(t, s), t**2 - s**2, rtol=1e-9, atol=0)
+    z = torch.randn(4, 2, dtype=torch.float64)
+    ref = scipy.stats.norm(0, 80.0).logpdf(z.numpy()).sum(1)
+    np.testing.assert_allclose(sde.prior_logp(z).numpy(), ref, rtol=1e-12)
+
+
+def test_edm_probability_flow_is_karras_eq_1():
+    """Reverse SDE drift -2 t s, probability-flow drift -t s (= -sigma' sigma grad log p, Karras et al. Eq. 1); with the
+    exact mixture score the PF-ODE moves exact p_t samples to exact p_s samples (n = 4000, sliced W2 within 2x of
+    the two-sample floor, dopri5 from t = 5 to s = 0.5)."""
+    from scoresde.data import random_mixture
+    from scoresde.metrics import sliced_wasserstein
+
+    sde = EDMSDE()
+    mix = random_mixture(2, seed=2)
+    x = torch.randn(6, 2, dtype=torch.float64)
+    t = torch.tensor([0.01, 0.1, 1.0, 3.0, 10.0, 80.0], dtype=torch.float64)
+    score = mix.score(x, t, sde)
+    drift, diff = sde.reverse(mix.score_fn(sde), probability_flow=True).sde(x, t)
+    torch.testing.assert_close(drift, -t[:, None] * score)
+    assert torch.all(diff == 0)
+    drift, diff = sde.reverse(mix.score_fn(sde)).sde(x, t)
+    torch.testing.assert_close(drift, -2 * t[:, None] * score)
+    import torchdiffeq
+
+    n, g = 4000, torch.Generator().manual_seed(3)
+    xt = mix.sample_marginal(n, 5.0, sde, generator=g)
+    ode = sde.reverse(mix.score_fn(sde), probability_flow=True)
+    xs = torchdiffeq.odeint(
+        lambda u, y: ode.sde(y, u.expand(n))[0], xt, torch.tensor([5.0, 0.5], dtype=torch.float64), rtol=1e-7, atol=1e-7
+    )[-1]
+    ref_a, ref_b = (mix.sample_marginal(n, 0.5, sde, generator=g) for _ in range(2))
+    floor = sliced_wasserstein(ref_a, ref_b)
+    assert sliced_wasserstein(xs, ref_a) < 2 * floor
+
+
+def test_edm_default_sampler_is_karras_heun():
+    """``EDMSDE.default_sampler``: EDM's Alg. 2 (17 Heun steps on the rho = 7 grid to 0.002, then the Euler step to 0):
+    35 NFE. With the exact mixture score it follows the accurate probability-flow ODE solution from the same prior
+    draws (n = 500): RMSE 0.034 of the data std measured (bound 0.06), and 4.3x closer with twice the steps (2nd order;
+    bound 2.5x)."""
+    from scoresde.data import random_mixture
+    from scoresde.sampling import get_sampler, sampler_from_config
+
+    sde = EDMSDE()
+    mix = random_mixture(2, seed=5)
+    x_init = sde.prior_sampling((500, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref = get_sampler("ode", rtol=1e-9, atol=1e-9, eps=sde.eps)(sde, mix.score_fn(sde), (500, 2), x_init=x_init)
+    std = float(mix.covariance().trace().div(2).sqrt())
+    errs = []
+    for steps in (17, 34):
+        sampler = sampler_from_config(dict(sde.default_sampler, steps=steps))
+        res = sampler(sde, mix.score_fn(sde), (500, 2), x_init=x_init)
+        assert res.nfe == 2 * steps + 1
+        errs.append(float((res.samples - ref.samples).square().sum(1).mean().sqrt()) / std)
+    assert errs[0] < 0.06 and errs[0] / errs[1] > 2.5, errs
+    for cls in (VPSDE, SubVPSDE, VESDE, CosineVPSDE):
+        assert cls.default_sampler == {"name": "pc"}  # the predictor-corrector sampler with the SDE's pc_defaults
+
+
+def test_edm_config_builds_through_the_registry():
+    from omegaconf import OmegaConf
+
+    from scoresde.registry import build
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "sde" / "edm.yaml"
+    sde = build(OmegaConf.to_container(OmegaConf.load(conf)), "sde")
+    assert type(sde) is EDMSDE and (sde.sigma_min, sde.sigma_max, sde.N) == (0.002, 80.0, 1000)
+    with pytest.raises(ValueError, match="sigma_min"):
+        EDMSDE(sigma_min=1.0, sigma_max=0.5)

@@ -3,7 +3,8 @@
 Such a network is called ``net(x, label)`` with a timestep label that is an affine function of our time,
 ``label = label_scale * t + label_shift`` (``N t - 1`` on a :class:`~scoresde.sde.DiscreteVPSDE`, ``(N - 1)(1 - t)``
 for the reference's SMLD noise-level index), evaluated at non-integer labels between the training timesteps.
-Its output is one of (``x_t = alpha x_0 + sigma eps``):
+Data in [0, 1] (``centered=False``) reach the network as ``2 x - 1``, as in the reference. Its output is one of
+(``x_t = alpha x_0 + sigma eps``):
 
 * ``epsilon``      — the noise ``eps`` (Ho et al. 2020); ``score = -eps / sigma``;
 * ``v_prediction`` — ``v = alpha eps - sigma x_0`` (Salimans & Ho 2022, variance-preserving SDEs only);
@@ -37,7 +38,15 @@ def _time64(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
 class TimestepScoreModel(nn.Module):
     """``score_fn(x, t)`` (and ``eps_hat``, ``x0_hat``) of a timestep-conditioned network on a linear SDE."""
 
-    def __init__(self, net: nn.Module, sde: LinearSDE, prediction: str, label_scale: float, label_shift: float = 0.0):
+    def __init__(
+        self,
+        net: nn.Module,
+        sde: LinearSDE,
+        prediction: str,
+        label_scale: float,
+        label_shift: float = 0.0,
+        centered: bool = True,
+    ):
         super().__init__()
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}")
@@ -47,6 +56,7 @@ class TimestepScoreModel(nn.Module):
                 raise ValueError("v_prediction needs a variance-preserving SDE (alpha^2 + sigma^2 = 1)")
         self.net, self.sde, self.prediction = net, sde, prediction
         self.label_scale, self.label_shift = float(label_scale), float(label_shift)
+        self.centered = bool(centered)  # False: data in [0, 1], the network sees 2 x - 1 (the reference's input map)
 
     def label(self, t: torch.Tensor) -> torch.Tensor:
         """The network's timestep label at ``t`` (no rounding: exact at the training timesteps)."""
@@ -54,12 +64,15 @@ class TimestepScoreModel(nn.Module):
 
     def raw(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """The network's output at ``(x, t)``."""
-        return self.net(x, self.label(_time64(t, x)))
+        return self.net(self._net_input(x), self.label(_time64(t, x)))
+
+    def _net_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.centered else 2 * x - 1.0
 
     def _call(self, x: torch.Tensor, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Network output, ``alpha`` and ``sigma`` at ``(x, t)``, broadcast like ``x``."""
         t = _time64(t, x)
-        out = self.net(x, self.label(t))
+        out = self.net(self._net_input(x), self.label(t))
         alpha = batch_broadcast(self.sde.marginal_alpha(t), x).to(out.dtype)
         sigma = batch_broadcast(self.sde.marginal_std(t), x).to(out.dtype)
         return out, alpha, sigma

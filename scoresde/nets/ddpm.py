@@ -21,8 +21,8 @@ GROUPS = 32
 class DDPM(NCSNpp):
     """DDPM U-Net ``net(x, label)`` for images ``(C, H, H)``; options as in the reference's ``model.*`` config.
 
-    ``scale_by_sigma`` divides the output by the geometric noise level ``sigmas[int(label)]`` (the reference's
-    SMLD-trained DDPM); every channel count must be a multiple of 32 (GroupNorm with 32 groups).
+    Every channel count must be a multiple of 32 (GroupNorm with 32 groups). As for NCSN++, the input map for data
+    in [0, 1] and the division by the noise level (the reference's SMLD-trained DDPM) belong to the score model.
     """
 
     def __init__(
@@ -35,11 +35,6 @@ class DDPM(NCSNpp):
         dropout: float = 0.1,
         resamp_with_conv: bool = True,
         conditional: bool = True,
-        centered: bool = False,
-        scale_by_sigma: bool = False,
-        sigma_min: float = 0.01,
-        sigma_max: float = 50.0,
-        num_scales: int = 1000,
     ):
         bad = sorted(c for c in {nf, *(nf * m for m in ch_mult)} if c % GROUPS)
         if bad:
@@ -59,12 +54,7 @@ class DDPM(NCSNpp):
             progressive_input="none",
             embedding_type="positional",
             init_scale=0.0,
-            scale_by_sigma=scale_by_sigma,
             conditional=conditional,
-            centered=centered,
-            sigma_min=sigma_min,
-            sigma_max=sigma_max,
-            num_scales=num_scales,
         )
         for module in self.modules():
             if isinstance(module, nn.GroupNorm):

@@ -3,9 +3,9 @@ progressive input/output pyramids and attention. DDPM++ is the same network with
 
 The network is called ``net(x, label)``. With ``embedding_type="fourier"`` the label is the noise level
 ``sigma`` (the network embeds ``log sigma``); with ``"positional"`` it is a (scaled) time, e.g. ``999 t``.
-``centered=False`` means the data lie in [0, 1] and the network maps them to [-1, 1] itself.
-``scale_by_sigma=True`` divides the output by ``sigma`` (the label, or the geometric noise level indexed by
-the positional label), so that the output approximates the score ``-eps / sigma`` directly.
+The reference's input map ``2 x - 1`` for data in [0, 1] (``data.centered=False``) and its output division by
+sigma (``scale_by_sigma``) are not part of the network: the preconditioning layer (:mod:`scoresde.score`) applies
+them (``ScoreModel(centered=False, scale_by_sigma=True)``), next to the other parameterizations.
 
 Submodules are named after their role (``down.1.blocks.0``, ``mid.attn``, ``up.0.upsample``, ...);
 ``official_order`` lists them in the order in which the reference code creates its flat ``all_modules`` list,
@@ -49,8 +49,7 @@ class NCSNpp(nn.Module):
     """NCSN++ / DDPM++ score network for images ``(B, C, H, W)`` with ``H == W``.
 
     Options and defaults follow the reference configs (``model.*``); ``data_shape = (C, H, W)`` replaces
-    ``data.num_channels`` and ``data.image_size``. ``sigma_min``, ``sigma_max`` and ``num_scales`` only matter
-    for ``scale_by_sigma`` with the positional embedding.
+    ``data.num_channels`` and ``data.image_size``.
     """
 
     def __init__(
@@ -72,12 +71,7 @@ class NCSNpp(nn.Module):
         embedding_type: str = "fourier",
         fourier_scale: float = 16.0,
         init_scale: float = 0.0,
-        scale_by_sigma: bool = True,
         conditional: bool = True,
-        centered: bool = False,
-        sigma_min: float = 0.01,
-        sigma_max: float = 50.0,
-        num_scales: int = 1000,
         num_classes: int | None = None,
     ):
         super().__init__()
@@ -101,8 +95,7 @@ class NCSNpp(nn.Module):
         self.nf, self.num_res_blocks, self.num_resolutions = nf, num_res_blocks, n_res
         self.attn_resolutions = tuple(int(r) for r in attn_resolutions)
         self.resolutions = [res // 2**i for i in range(n_res)]
-        self.skip_rescale, self.conditional, self.centered = skip_rescale, conditional, centered
-        self.scale_by_sigma = scale_by_sigma
+        self.skip_rescale, self.conditional = skip_rescale, conditional
         self.resblock_type, self.progressive = opts["resblock_type"], opts["progressive"]
         self.progressive_input, self.embedding_type = opts["progressive_input"], opts["embedding_type"]
         combine = functools.partial(Combine, method=opts["progressive_combine"])
@@ -125,10 +118,6 @@ class NCSNpp(nn.Module):
             if not conditional:
                 raise ValueError("NCSNpp: num_classes needs conditional=True (the label joins the noise embedding)")
             self.label_embed = LabelEmbedding(self.num_classes, 4 * nf)
-        if scale_by_sigma and self.embedding_type == "positional":
-            log_sigmas = torch.linspace(math.log(sigma_max), math.log(sigma_min), num_scales, dtype=torch.float64)
-            sigmas = torch.exp(log_sigmas)
-            self.register_buffer("sigmas", sigmas, persistent=False)
 
         attn = functools.partial(AttnBlock, skip_rescale=skip_rescale, init_scale=init_scale)
         resample = dict(use_fir=fir, fir_kernel=fir_kernel)
@@ -251,11 +240,6 @@ class NCSNpp(nn.Module):
             temb = self.embed_fc0(temb.to(self.embed_fc0.weight.dtype))
             return self.embed_fc1(F.silu(temb))
 
-    def _used_sigmas(self, label: torch.Tensor) -> torch.Tensor:
-        if self.embedding_type == "fourier":
-            return label
-        return self.sigmas[label.long().clamp(0, self.sigmas.numel() - 1)]
-
     def forward(self, x: torch.Tensor, label: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.data_shape:
             raise ValueError(f"NCSNpp built for samples of shape {self.data_shape}, got a batch {tuple(x.shape)}")
@@ -266,8 +250,6 @@ class NCSNpp(nn.Module):
             check_unconditional(y, "NCSNpp")
         else:
             temb = temb + self.label_embed(y, x.shape[0], x.device).to(temb.dtype)
-        if not self.centered:
-            x = 2 * x - 1.0
 
         # Down.
         pyramid = x if self.progressive_input != "none" else None
@@ -315,10 +297,4 @@ class NCSNpp(nn.Module):
                 h = level.upsample(h) if self.resblock_type == "ddpm" else level.upsample(h, temb)
         assert not hs
 
-        h = pyramid if self.progressive == "output_skip" else self.conv_out(F.silu(self.norm_out(h)))
-        if self.scale_by_sigma:
-            with torch.autocast(x.device.type, enabled=False):
-                h = h.to(torch.promote_types(h.dtype, torch.float32))
-                sigma = self._used_sigmas(label).to(h.dtype)
-                h = h / sigma.reshape(-1, *([1] * (h.ndim - 1)))
-        return h
+        return pyramid if self.progressive == "output_skip" else self.conv_out(F.silu(self.norm_out(h)))

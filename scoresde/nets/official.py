@@ -8,8 +8,10 @@ reference's ``ml_collections`` config, a ``config.json`` path, or a published co
 :data:`OFFICIAL_CONFIGS`), map every flat key to our named submodule through ``NCSNpp.official_order`` and load
 **strictly**: any missing, unexpected or mis-shaped key raises :class:`CheckpointMismatchError`.
 
-Score conventions (continuous training, Song et al. 2021): VP / sub-VP networks see ``999 t`` and predict the
-noise (``score = -out / std``); VE networks see ``sigma(t)`` and return the score (they divide by sigma).
+Score conventions (continuous training, Song et al. 2021), applied by the preconditioning layer
+(:class:`~scoresde.score.ScoreModel`): VP / sub-VP networks see ``999 t`` and predict the noise
+(``score = -out / std``); VE networks see ``sigma(t)`` and their output divided by sigma is the score
+(``scale_by_sigma``); networks for data in [0, 1] (``data.centered=False``) see ``2 x - 1``.
 """
 
 from __future__ import annotations
@@ -124,8 +126,7 @@ OFFICIAL_CONFIGS: dict[str, dict] = {
 
 _NET_KEYS = (
     "nf ch_mult num_res_blocks attn_resolutions dropout resamp_with_conv fir fir_kernel skip_rescale resblock_type "
-    "progressive progressive_input progressive_combine embedding_type fourier_scale init_scale scale_by_sigma "
-    "conditional sigma_min sigma_max num_scales"
+    "progressive progressive_input progressive_combine embedding_type fourier_scale init_scale conditional"
 ).split()
 _SUPPORTED = {"name": "ncsnpp", "nonlinearity": "swish", "normalization": "groupnorm", "attention_type": "ddpm"}
 
@@ -212,7 +213,6 @@ def net_kwargs_from_config(config: dict | str | os.PathLike) -> dict[str, Any]:
     for k in ("ch_mult", "attn_resolutions", "fir_kernel"):
         if k in kwargs:
             kwargs[k] = tuple(kwargs[k])
-    kwargs["centered"] = bool(data["centered"])
     kwargs["data_shape"] = (int(data["num_channels"]), int(data["image_size"]), int(data["image_size"]))
     return kwargs
 
@@ -235,9 +235,18 @@ def score_kwargs_from_config(config: dict | str | os.PathLike) -> dict[str, Any]
     cfg = resolve_config(config)
     if not cfg["training"].get("continuous", True):
         raise NotImplementedError("only continuously trained reference models (training.continuous=True) load")
+    model, centered = cfg["model"], bool(cfg["data"]["centered"])
+    scale = bool(model.get("scale_by_sigma", False))
     if cfg["training"]["sde"].lower() == "vesde":
-        return dict(parameterization="score", time_input="sigma", time_scale=1.0)
-    return dict(parameterization="eps", time_input="t", time_scale=999.0)
+        if scale and str(model.get("embedding_type", "fourier")).lower() != "fourier":
+            # the reference then divides by the geometric noise level indexed by the label, a discrete-time device
+            raise NotImplementedError("reference VE models with scale_by_sigma and a positional embedding do not load")
+        return dict(
+            parameterization="score", time_input="sigma", time_scale=1.0, centered=centered, scale_by_sigma=scale
+        )
+    if scale:  # the reference would divide by its label 999 t
+        raise NotImplementedError("reference VP / sub-VP models with model.scale_by_sigma=True do not load")
+    return dict(parameterization="eps", time_input="t", time_scale=999.0, centered=centered, scale_by_sigma=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -131,20 +131,14 @@ def ddpm_net_kwargs(cfg: dict) -> dict[str, Any]:
         dropout=float(dropout),
         resamp_with_conv=_flag(model, "resamp_with_conv", True, "model"),
         conditional=_flag(model, "conditional", True, "model"),
-        centered=_flag(data, "centered", False, "data"),
-        scale_by_sigma=_flag(model, "scale_by_sigma", False, "model"),
-        sigma_min=float(_number(model, "sigma_min")),
-        sigma_max=float(_number(model, "sigma_max")),
-        num_scales=_number(model, "num_scales", integer=True),
     )
 
 
-def build_network(cfg: dict, scale_by_sigma: bool | None = None) -> NCSNpp:
-    """The reference network of ``cfg`` (NCSN++ / DDPM++ or DDPM); ``scale_by_sigma`` overrides the config's."""
+def build_network(cfg: dict) -> NCSNpp:
+    """The reference network of ``cfg`` (NCSN++ / DDPM++ or DDPM), without the input map and the division by the
+    noise level, which the score model applies."""
     name = cfg["model"].get("name", "ncsnpp")
     kwargs = ddpm_net_kwargs(cfg) if name == "ddpm" else net_kwargs_from_config(cfg)
-    if scale_by_sigma is not None:
-        kwargs["scale_by_sigma"] = scale_by_sigma
     return DDPM(**kwargs) if name == "ddpm" else NCSNpp(**kwargs)
 
 
@@ -177,11 +171,13 @@ def build_from_config(cfg: dict) -> tuple[torch.nn.Module, LinearSDE]:
     sde = discrete_sde(cfg)
     n = int(cfg["model"]["num_scales"])
     scale_by_sigma = _flag(cfg["model"], "scale_by_sigma", False, "model")
+    centered = _flag(cfg["data"], "centered", False, "data")
     if str(cfg["training"]["sde"]).lower() == "vpsde":  # DDPM: noise prediction at label k, t = (k + 1) / N
         if scale_by_sigma:
             raise ValueError("reference model.scale_by_sigma=True with discrete VP (DDPM) training is not supported")
-        return TimestepScoreModel(build_network(cfg), sde, "epsilon", label_scale=n, label_shift=-1.0), sde
+        net = build_network(cfg)
+        return TimestepScoreModel(net, sde, "epsilon", label_scale=n, label_shift=-1.0, centered=centered), sde
     # SMLD: label j = (N - 1)(1 - t); the network's division by sigma happens in the score model, at sigma(t).
-    net = build_network(cfg, scale_by_sigma=False)
     prediction = "sigma_score" if scale_by_sigma else "score"
-    return TimestepScoreModel(net, sde, prediction, label_scale=-(n - 1), label_shift=n - 1), sde
+    net = build_network(cfg)
+    return TimestepScoreModel(net, sde, prediction, -(n - 1), n - 1, centered=centered), sde

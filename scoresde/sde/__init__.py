@@ -2,7 +2,19 @@
 
 from scoresde.sde.base import SDE, LinearSDE, ReverseSDE, ScoreFn
 from scoresde.sde.discrete import DiscreteVPSDE
+from scoresde.sde.edm import EDMSDE
 from scoresde.sde.ve import VESDE
 from scoresde.sde.vp import VPSDE, CosineVPSDE, SubVPSDE
 
-__all__ = ["SDE", "LinearSDE", "ReverseSDE", "ScoreFn", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "DiscreteVPSDE"]
+__all__ = [
+    "SDE",
+    "LinearSDE",
+    "ReverseSDE",
+    "ScoreFn",
+    "VPSDE",
+    "SubVPSDE",
+    "VESDE",
+    "CosineVPSDE",
+    "EDMSDE",
+    "DiscreteVPSDE",
+]

@@ -136,6 +136,9 @@ class LinearSDE(SDE):
     prior_std: float = 1.0
     #: Predictor-corrector settings the paper's experiments used with this SDE (reference configs).
     pc_defaults: dict = {"predictor": "euler_maruyama", "corrector": "none", "snr": 0.16}
+    #: The sampler ``sample.py`` uses when the user names none (``{"name": ..., **options}``): the reference's
+    #: predictor-corrector sampler with ``pc_defaults``.
+    default_sampler: dict = {"name": "pc"}
 
     # --- the schedule -------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -9,14 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from scoresde.schema import ConfigError
+
 
 @dataclass
 class ModelConfig:
     net: Any = None  # {_target_: ..., ...}; instantiated with data_shape=...
-    parameterization: str = "eps"
-    time_input: str = "t"
+    parameterization: str = "eps"  # score | eps | x0 | v | edm (scoresde.score)
+    time_input: str = "t"  # t | sigma | log_sigma | edm
     time_scale: float = 1.0
-    centered: bool = True  # images scaled to [-1, 1] (else [0, 1])
+    sigma_data: float | None = None  # edm preconditioning / loss: the data's std; None: estimated from the data
+    scale_by_sigma: bool = False  # parameterization score: the output divided by sigma(t) is the score
+    centered: bool = True  # images scaled to [-1, 1] (else [0, 1], and the network sees 2 x - 1)
     ema_rate: float | None = None  # None: trainer.ema_rate
     image_size: int | None = None  # resolution the network is meant for; the image data groups default to it
     official_config: str | None = None  # published presets: the reference config they reproduce
@@ -40,11 +44,13 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "dsm"  # dsm | ddpm | smld
+    name: str = "dsm"  # dsm | ddpm | smld | edm
     eps: float = 1e-5
     reduce_mean: bool = True
-    weighting: str = "sigma2"  # sigma2 | likelihood
+    weighting: str = "sigma2"  # sigma2 | likelihood | edm (dsm)
     importance_sampling: bool = False
+    p_mean: float = -1.2  # edm: ln(sigma / alpha) ~ N(p_mean, p_std^2)
+    p_std: float = 1.2
     label_dropout: float = 0.0  # class-conditional nets (model.net.num_classes): null label with this probability
 
 
@@ -157,9 +163,37 @@ def check_train_config(cfg: TrainConfig) -> None:
     require(d.image_size is None or d.image_size >= 1, "data.image_size", d.image_size, "must be >= 1 or null")
 
 
+_NET_MOVED = ("scale_by_sigma", "centered", "sigma_min", "sigma_max", "num_scales")  # left NCSN++ for ScoreModel
+
+
+def _migrate_net_options(model: dict) -> dict:
+    """NCSN++ / DDPM configs stored before the input map and the 1/sigma scaling moved into the preconditioning
+    layer: ``model.net.scale_by_sigma`` becomes ``model.scale_by_sigma`` (NCSN++'s old default was true), and
+    ``model.net.centered`` must agree with ``model.centered``, which now does both jobs."""
+    net = model.get("net")
+    target = str(net.get("_target_", "")) if isinstance(net, dict) else ""
+    if target.rsplit(".", 1)[-1] not in ("NCSNpp", "DDPM") or not any(k in net for k in _NET_MOVED):
+        return model
+    net = {k: v for k, v in net.items() if k not in _NET_MOVED}
+    old = model["net"]
+    model = {**model, "net": net}
+    if "scale_by_sigma" not in model:
+        model["scale_by_sigma"] = bool(old.get("scale_by_sigma", target.endswith("NCSNpp")))
+    if "centered" in old and "centered" in model and bool(old["centered"]) != bool(model["centered"]):
+        raise ConfigError(
+            f"model.net.centered={old['centered']!r} differs from model.centered={model['centered']!r}: the stored "
+            "config comes from a version that allowed it; both must now agree (model.centered)"
+        )
+    if "centered" in old and "centered" not in model:
+        model["centered"] = bool(old["centered"])
+    return model
+
+
 def migrate_stored_config(data: dict) -> dict:
     """A config stored by an earlier version in today's shape (``trainer.sampler`` + ``sampler_options`` became one
-    sampler node)."""
+    sampler node; NCSN++'s input map and 1/sigma scaling became ``model.centered`` / ``model.scale_by_sigma``)."""
+    if isinstance(data.get("model"), dict):
+        data = {**data, "model": _migrate_net_options(data["model"])}
     trainer = data.get("trainer")
     if isinstance(trainer, dict) and "sampler_options" in trainer:
         trainer = dict(trainer)

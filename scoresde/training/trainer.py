@@ -45,6 +45,7 @@ from scoresde.rundir import RunDirInUse, RunDirLock
 from scoresde.schema import ConfigError
 from scoresde.score import ScoreModel
 from scoresde.training.runlog import RunLog, StopRequest
+from scoresde.training.sigma_data import fill_sigma_data
 from scoresde.utils import derived_seed
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -106,15 +107,20 @@ def step_generator(seed: int, step: int, device: torch.device) -> torch.Generato
 
 def build_score_model(cfg, setup: Setup, data_shape: tuple[int, ...]) -> ScoreModel:
     m = cfg.model
-    return ScoreModel(setup.make_net(tuple(data_shape)), setup.sde, m.parameterization, m.time_input, m.time_scale)
+    opts = dict(sigma_data=m.sigma_data, centered=m.centered or len(data_shape) != 3, scale_by_sigma=m.scale_by_sigma)
+    net = setup.make_net(tuple(data_shape))
+    return ScoreModel(net, setup.sde, m.parameterization, m.time_input, m.time_scale, **opts)
 
 
 def build_loss(cfg, sde) -> DSMLoss:
-    c = cfg.loss
+    c, sd = cfg.loss, cfg.model.sigma_data
     if c.name == "dsm":
         opts = dict(
             eps=c.eps, reduce_mean=c.reduce_mean, weighting=c.weighting, importance_sampling=c.importance_sampling
         )
+        opts["sigma_data"] = sd
+    elif c.name == "edm":
+        opts = dict(eps=c.eps, reduce_mean=c.reduce_mean, sigma_data=sd, p_mean=c.p_mean, p_std=c.p_std)
     else:
         opts = dict(reduce_mean=c.reduce_mean)
     return replace(get_loss(c.name, sde, **opts), label_dropout=c.label_dropout)
@@ -181,6 +187,7 @@ class Trainer:
         self.transform = BatchTransform(
             self.data.is_image, cfg.model.centered, self.data.levels, d.dequantize, d.random_flip
         )
+        fill_sigma_data(cfg, setup, self.data.train, self.transform.evaluation)  # EDM: sigma_data from the data
         seed_everything(cfg.seed)  # same initial weights on every rank; every global RNG reproducible
         self.model = build_score_model(cfg, setup, self.data.data_shape).to(self.device)
         if tc.channels_last and self.data.is_image:
@@ -224,8 +231,7 @@ class Trainer:
             net = torch.compile(net)
         if net is self.model.net:
             return self.model
-        m = self.model
-        return ScoreModel(net, m.sde, m.parameterization, m.time_input, m.time_scale)
+        return self.model.with_net(net)
 
     def resume_source(self) -> Path | None:
         """The run dir's own ``last.pt`` (auto-resume), else ``trainer.resume``."""
