@@ -22,11 +22,11 @@ from scoresde.training.config import DataConfig
 class AutoencoderConfig:
     data: DataConfig = field(default_factory=lambda: DataConfig(kind="mnist"))
     latent_channels: int = 4
-    channels: list[int] = field(default_factory=lambda: [32, 64])  # one stride-2 level each: f = 2 ** len(channels)
-    kl_weight: float = 1e-2
-    steps: int = 2000
+    channels: list[int] = field(default_factory=lambda: [16, 32])  # one stride-2 level each: f = 2 ** len(channels)
+    kl_weight: float = 1e-3
+    steps: int = 1000
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 5e-3
     seed: int = 0
     num_threads: int | None = 1
     out: str | None = None

@@ -42,7 +42,7 @@ class Autoencoder(nn.Module):
     ``2 * latent_channels`` (mean and log-variance). Decoder: the mirror image with transposed convolutions.
     """
 
-    def __init__(self, data_shape: Sequence[int], latent_channels: int = 4, channels: Sequence[int] = (32, 64)):
+    def __init__(self, data_shape: Sequence[int], latent_channels: int = 4, channels: Sequence[int] = (16, 32)):
         super().__init__()
         check_architecture(data_shape, latent_channels, channels)
         self.data_shape = tuple(int(s) for s in data_shape)
