@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from scoresde.nets import MLP, NCSNpp
+from scoresde.nets import MLP, DiT, NCSNpp
 from scoresde.sde import EDMSDE, VESDE, VPSDE, CosineVPSDE, SubVPSDE
 
 
@@ -40,6 +40,7 @@ def _allowed() -> dict[str, Callable[..., Any]]:
         # score networks
         "scoresde.nets.NCSNpp": NCSNpp,
         "scoresde.nets.MLP": MLP,
+        "scoresde.nets.DiT": DiT,
         # learning-rate schedules of our own
         "scoresde.training.LinearWarmup": LinearWarmup,
     }
