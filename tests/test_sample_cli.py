@@ -171,3 +171,28 @@ def test_fit_grid_fits_once_and_caches_beside_the_model(toy_run, tmp_path):
     np.testing.assert_array_equal(first, second)
     with pytest.raises(ConfigError, match="fixed-step"):
         run_sample(tmp_path / "c", f"ckpt={toy_run}", "sampler=ode", "fit_grid=true")
+
+
+def test_auto_sampler_is_the_sdes_own(toy_run, tmp_path):
+    """``sampler=auto`` (the default) is ``sde.default_sampler`` with the given options laid over it: EDM's Heun on
+    ``sde=edm`` (Karras et al. 2022, Alg. 2: 17 Heun steps to sigma = 0.002, 2 evaluations each, then the final
+    denoising step: 35 NFE), pc elsewhere; inpainting always runs pc."""
+    import json
+
+    from scoresde.sde import EDMSDE, VPSDE
+    from scoresde.training import train
+    from tests.test_train_cli import TOY, compose_cfg
+
+    edm_run = tmp_path / "edm"
+    train(compose_cfg(*TOY, "sde=edm", "trainer.steps=2", "trainer.ckpt_every=2"), edm_run)
+    run_sample(tmp_path / "a", f"ckpt={edm_run}", "n=3")
+    info = json.loads((tmp_path / "a" / "sample.json").read_text())
+    assert info["sampler"] == EDMSDE.default_sampler
+    assert info["nfe_per_sample"] == 35
+    run_sample(tmp_path / "b", f"ckpt={edm_run}", "n=3", "+sampler.steps=5")
+    assert json.loads((tmp_path / "b" / "sample.json").read_text())["sampler"]["steps"] == 5
+    run_sample(tmp_path / "c", f"ckpt={toy_run}", "n=3", "+sampler.steps=4")
+    assert json.loads((tmp_path / "c" / "sample.json").read_text())["sampler"] == {**VPSDE.default_sampler, "steps": 4}
+    assert job.resolve_sampler_node("auto", EDMSDE(), inverse=True) == {"name": "pc"}
+    with pytest.raises(ConfigError, match="sampler"):
+        run_sample(tmp_path / "d", f"ckpt={edm_run}", "n=3", "+sampler.bogus=1")

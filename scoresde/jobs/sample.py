@@ -30,7 +30,7 @@ class SampleConfig:
     ckpt: str = "???"  # run directory, checkpoint, ema.safetensors or reference checkpoint_*.pth
     official_config: str | None = None
     use_ema: bool = True
-    sampler: Any = field(default_factory=lambda: {"name": "pc"})  # {name: ..., **options} (conf/sampler)
+    sampler: Any = field(default_factory=lambda: {"name": "auto"})  # {name: ..., **options}; auto: the SDE's own
     n: int = 64
     seed: int = 0
     first: int = 0
@@ -76,6 +76,28 @@ def build_sampler(node: Any):
         raise ConfigError(f"sampler: {err}") from None
 
 
+def resolve_sampler_node(node: Any, sde, inverse: bool = False) -> dict:
+    """``{name: auto, **options}`` becomes the SDE's own ``default_sampler`` (EDM's Heun for ``sde=edm``, the
+    predictor-corrector sampler otherwise; always ``pc`` for inverse problems) with the options laid over it."""
+    node = {"name": node} if isinstance(node, str) else dict(node)
+    if node.get("name") != "auto":
+        return node
+    options = {k: v for k, v in node.items() if k != "name"}
+    base = {"name": "pc"} if inverse else dict(sde.default_sampler)
+    return {**base, **options}
+
+
+def _check_sampler(cfg: SampleConfig, sampler, inverse: bool) -> None:
+    if inverse and sampler.name != "pc":
+        raise ConfigError("inpainting / colorization run predictor-corrector sampling: use sampler=pc")
+    if cfg.fit_grid:
+        from scoresde.sampling import GridSampler
+        from scoresde.sampling.fitted_grids import is_deterministic
+
+        if not (isinstance(sampler, GridSampler) and is_deterministic(sampler)):
+            raise ConfigError(f"fit_grid=true needs a deterministic fixed-step sampler, not {sampler!r}")
+
+
 def run(cfg: SampleConfig, out_dir: str | Path) -> dict[str, Path] | None:
     """Load, sample, write ``samples.npz`` / ``samples.png`` / ``sample.json`` into ``out_dir``; returns the paths.
 
@@ -85,16 +107,11 @@ def run(cfg: SampleConfig, out_dir: str | Path) -> dict[str, Path] | None:
     from scoresde.distributed import cleanup, init_distributed
 
     check(cfg)
-    sampler = build_sampler(cfg.sampler)
     inverse = cfg.mask is not None or cfg.gray is not None
-    if inverse and sampler.name != "pc":
-        raise ConfigError("inpainting / colorization run predictor-corrector sampling: use sampler=pc")
-    if cfg.fit_grid:
-        from scoresde.sampling import GridSampler
-        from scoresde.sampling.fitted_grids import is_deterministic
-
-        if not (isinstance(sampler, GridSampler) and is_deterministic(sampler)):
-            raise ConfigError(f"fit_grid=true needs a deterministic fixed-step sampler, not {sampler!r}")
+    node = resolve_sampler_node(cfg.sampler, None, inverse) if _is_auto(cfg.sampler) and inverse else cfg.sampler
+    sampler = None if _is_auto(node) else build_sampler(node)  # auto: built once the model's SDE is known
+    if sampler is not None:
+        _check_sampler(cfg, sampler, inverse)
     dist = init_distributed(cfg.device)
     try:
         return _run(cfg, sampler, out_dir, dist)
@@ -108,6 +125,10 @@ def _run(cfg: SampleConfig, sampler, out_dir: str | Path, dist) -> dict[str, Pat
     from scoresde.loading import load_model
 
     loaded = load_model(cfg.ckpt, use_ema=cfg.use_ema, official_config=cfg.official_config)
+    node = resolve_sampler_node(cfg.sampler, loaded.sde, cfg.mask is not None or cfg.gray is not None)
+    if sampler is None:
+        sampler = build_sampler(node)
+        _check_sampler(cfg, sampler, False)
     model = loaded.model.to(dist.device).eval()
     g = cfg.guidance
     score_fn = guided_score(model, cfg.label, g.kind, g.scale, g.classifier, loaded.sde, loaded.centered)
@@ -122,13 +143,16 @@ def _run(cfg: SampleConfig, sampler, out_dir: str | Path, dist) -> dict[str, Pat
     if res is None:  # not rank 0
         return None
     paths = save_samples(out_dir, res, loaded.to_unit)
-    node = {"name": cfg.sampler} if isinstance(cfg.sampler, str) else cfg.sampler
     info = {**to_dict(cfg), "sampler": node, "nfe_per_sample": res.nfe, "processes": dist.world_size}
     if fitted is not None:
         info["fitted_grid"] = fitted
     (Path(out_dir) / "sample.json").write_text(json.dumps(info, indent=2, default=str))
     print(f"[scoresde] {cfg.n} samples ({res.nfe} score evaluations each) -> {', '.join(map(str, paths.values()))}")
     return paths
+
+
+def _is_auto(node: Any) -> bool:
+    return (node if isinstance(node, str) else dict(node).get("name")) == "auto"
 
 
 def _fitted(cfg: SampleConfig, loaded, score_fn, sampler, dist):

@@ -27,12 +27,13 @@ def parse_train_config(data: Any, what: str = "training config") -> TrainConfig:
     return cfg
 
 
-def build_preview_sampler(node: Any):
-    """The sampler of ``trainer.sampler``; an unknown name or option raises before training starts."""
-    from scoresde.jobs.sample import build_sampler
+def build_preview_sampler(node: Any, sde=None):
+    """The sampler of ``trainer.sampler`` (``auto``: ``sde.default_sampler``); an unknown name or option raises
+    before training starts."""
+    from scoresde.jobs.sample import build_sampler, resolve_sampler_node
 
     try:
-        return build_sampler(node)
+        return build_sampler(resolve_sampler_node(node, sde))
     except ConfigError as err:
         raise ConfigError(f"trainer.{err}") from None
 

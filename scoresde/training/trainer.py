@@ -162,7 +162,7 @@ class Trainer:
         from scoresde.training.build import build_preview_sampler
 
         tc = self.tc
-        self.preview_sampler = build_preview_sampler(tc.sampler)
+        self.preview_sampler = build_preview_sampler(tc.sampler, setup.sde)
         world = self.dist.world_size
         if tc.batch_size % (world * tc.grad_accum):
             raise ValueError(
