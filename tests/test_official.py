@@ -9,6 +9,8 @@ compared against ``-net_out / std_fixture`` and, loosely, against the stored sco
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -18,6 +20,7 @@ from scoresde.nets.official import (
     convert_state_dict,
     load_official_checkpoint,
     net_kwargs_from_config,
+    official_module_order,
     resolve_config,
 )
 from tests.conftest import SHARED
@@ -144,6 +147,27 @@ def test_dropped_and_extra_keys_are_reported():
     # Without the DataParallel prefix the same state dict loads.
     plain = {k.removeprefix("module."): v for k, v in state.items()}
     net.load_state_dict(convert_state_dict(net, plain), strict=True)
+
+
+@pytest.mark.parametrize(
+    "progressive,progressive_input",
+    list(itertools.product(("none", "output_skip", "residual"), ("none", "input_skip", "residual"))),
+)
+def test_module_order_holds_every_parameter_once(progressive, progressive_input):
+    """The reference's flat module list, as ``official_module_order`` maps it, holds every parameter of the network
+    exactly once (the class-label embedding, which the reference lacks, aside); the parameter-free pyramid
+    resamplers of output_skip / input_skip, kept outside all_modules by the reference, take no index, while the
+    residual pyramids' resampling convolutions do (one per level above the lowest resolution: 2 of 3 here)."""
+    net = NCSNpp((3, 8, 8), nf=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(4,),
+                 progressive=progressive, progressive_input=progressive_input, num_classes=3)  # fmt: skip
+    order = official_module_order(net)
+    assert len(set(order)) == len(order)
+    held = [id(p) for path in order for p in net.get_submodule(path).parameters()]
+    assert len(held) == len(set(held))
+    assert set(held) == {id(p) for name, p in net.named_parameters() if not name.startswith("label_embed.")}
+    assert sum(p.endswith(".pyramid_up") for p in order) == (2 if progressive == "residual" else 0)
+    assert sum(p.endswith(".pyramid_down") for p in order) == (2 if progressive_input == "residual" else 0)
+    assert sum(p.endswith(".pyramid_combine") for p in order) == (2 if progressive_input == "input_skip" else 0)
 
 
 def test_config_with_other_noise_levels_is_rejected(tmp_path):

@@ -6,6 +6,8 @@ cb1f359, CPU) with ``tests/fixtures/make_reference_ncsnpp.py``: per case a refer
 generator, rebuilt here, so a case is: rebuild the reference state dict, load it through our official-checkpoint
 converter (the path a released CelebA-HQ / FFHQ checkpoint takes), run our network, compare with the reference
 output to 1e-5 of its largest value (the shared fixtures' README measures ~1e-6 between thread counts).
+The reference's input map ``2 x - 1`` (``data.centered=False``) and its division by the noise level
+(``scale_by_sigma``) are applied around our network here, as the preconditioning layer does for loaded checkpoints.
 
 The output-pyramid algebra (``progressive=output_skip``) is also checked on its own, so that a wrong scaling of the
 pyramid fails even where no reference checkpoint can be loaded.
@@ -22,38 +24,40 @@ import torch
 import torch.nn.functional as F
 
 from scoresde.nets.ncsnpp import NCSNpp
-from scoresde.nets.official import convert_state_dict, net_kwargs_from_config
+from scoresde.nets.official import convert_state_dict, net_kwargs_from_config, official_module_order
 from tests.fixtures.make_reference_ncsnpp import fill
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "reference_ncsnpp_options.pt"
 CASES = {c["name"]: c for c in torch.load(FIXTURE, weights_only=True)["cases"]}
 
-MAPPING_BUG = (
-    "official checkpoints with progressive=output_skip or progressive_input=input_skip do not load: "
-    "NCSNpp.official_order (scoresde/nets/ncsnpp.py) lists the parameter-free up.K.pyramid_up (output_skip) and "
-    "down.K.pyramid_down (input_skip), which the reference keeps outside all_modules (self.pyramid_upsample / "
-    "self.pyramid_downsample), so every later index shifts; and Combine.OFFICIAL_NAMES (scoresde/nets/layers.py) "
-    "maps 'Conv' where the reference's submodule is 'Conv_0'. With both fixed the outputs match to 1.5e-6."
-)
-NEEDS_FIX = {"output_skip_input_skip_biggan_fourier", "output_skip_residual_ddpm_positional",
-             "input_skip_cat_biggan_nofir_positional_sigma"}  # fmt: skip
+
+def _reference_sigma(cfg: dict, labels: torch.Tensor) -> torch.Tensor:
+    """The noise level the reference divides by with ``scale_by_sigma``: the label itself for Fourier features, else
+    its geometric level ``exp(linspace(log sigma_max, log sigma_min, num_scales))[label]`` (reference
+    ``models/utils.get_sigmas``, indexed with ``label.long()``)."""
+    model = cfg["model"]
+    if model["embedding_type"] == "fourier":
+        return labels.double()
+    log_sigmas = torch.linspace(math.log(model["sigma_max"]), math.log(model["sigma_min"]), model["num_scales"],
+                                dtype=torch.float64)  # fmt: skip
+    return log_sigmas.exp()[labels.long()]
 
 
-def _params() -> list:
-    marks = {name: [pytest.mark.xfail(strict=True, reason=MAPPING_BUG)] if name in NEEDS_FIX else [] for name in CASES}
-    return [pytest.param(name, marks=marks[name], id=name) for name in sorted(CASES)]
-
-
-@pytest.mark.parametrize("name", _params())
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_option_combination_matches_reference(name):
     case = CASES[name]
     cfg = json.loads(case["config"])
     net = NCSNpp(**net_kwargs_from_config(cfg)).eval()
     state = {k: fill(i, s) for i, (k, s) in enumerate(zip(case["keys"], case["shapes"], strict=True))}
     net.load_state_dict(convert_state_dict(net, state), strict=True)
+    # every reference index has its module: the last one (a conv with parameters in every case) ends our order
+    assert 1 + max(int(k.split(".")[1]) for k in case["keys"]) == len(official_module_order(net))
+    x = case["x"] if cfg["data"]["centered"] else 2 * case["x"] - 1
     with torch.no_grad():
-        out = net(case["x"], case["labels"])
-    err = float((out - case["out"]).abs().max() / case["out"].abs().max())
+        out = net(x, case["labels"]).double()
+    if cfg["model"]["scale_by_sigma"]:
+        out = out / _reference_sigma(cfg, case["labels"])[:, None, None, None]
+    err = float((out - case["out"].double()).abs().max() / case["out"].abs().max())
     assert err < 1e-5, f"{name}: max error {err:.3g} of max |value|"
 
 
@@ -81,12 +85,12 @@ def test_fixture_covers_the_options():
 def test_output_skip_pyramid_algebra(skip_rescale):
     """The reference's output pyramid: at the lowest resolution ``p = conv(act(norm(h)))``; above it
     ``p = up(p) + conv(act(norm(h)))`` with no rescaling (``skip_rescale`` only applies to the residual pyramid); the
-    network's output is the final ``p`` (no ``conv_out``), divided by sigma with ``scale_by_sigma``. Recomputed from
-    the activations entering each level's pyramid head (random weights, float64)."""
+    network's output is the final ``p`` (no ``conv_out``; the division by sigma belongs to the preconditioning layer).
+    Recomputed from the activations entering each level's pyramid head (random weights, float64)."""
     torch.manual_seed(0)
     net = NCSNpp((3, 8, 8), nf=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(4,),
                  progressive="output_skip", progressive_input="input_skip", skip_rescale=skip_rescale,
-                 scale_by_sigma=True, embedding_type="fourier", dropout=0.0).double().eval()  # fmt: skip
+                 embedding_type="fourier", dropout=0.0).double().eval()  # fmt: skip
     with torch.no_grad():
         for p in net.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -106,8 +110,7 @@ def test_output_skip_pyramid_algebra(skip_rescale):
             level = net.up[k]
             head = level.pyramid_conv(F.silu(level.pyramid_norm(h)))
             pyramid = head if pyramid is None else _fir_upsample(pyramid) + head
-        expected = pyramid / sigma[:, None, None, None]
-    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out, pyramid, rtol=1e-10, atol=1e-10)
 
 
 def _fir_upsample(x: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ It is NCSN++'s skeleton with DDPM options (``resblock_type="ddpm"``, no ``skip_r
 resampling without FIR, no progressive paths, the sinusoidal embedding of the label) except for one detail: every
 GroupNorm has 32 groups, where NCSN++ uses ``min(C // 4, 32)``. The two agree from 128 channels on (all published
 DDPM configs); below that only the group count differs, so this class sets it and keeps everything else, including
-``official_order`` for reading reference checkpoints.
+the module layout :func:`scoresde.nets.official.official_module_order` maps reference checkpoints onto.
 """
 
 from __future__ import annotations

@@ -120,7 +120,7 @@ class Downsample(_Resample):
 class Combine(nn.Module):
     """Merge the progressive input pyramid into the main path: 1x1 conv then ``sum`` or ``cat``."""
 
-    OFFICIAL_NAMES = {"Conv": "conv"}
+    OFFICIAL_NAMES = {"Conv_0": "conv"}
 
     def __init__(self, dim1: int, dim2: int, method: str = "cat"):
         super().__init__()

@@ -7,16 +7,17 @@ The reference's input map ``2 x - 1`` for data in [0, 1] (``data.centered=False`
 sigma (``scale_by_sigma``) are not part of the network: the preconditioning layer (:mod:`scoresde.score`) applies
 them (``ScoreModel(centered=False, scale_by_sigma=True)``), next to the other parameterizations.
 
-Submodules are named after their role (``down.1.blocks.0``, ``mid.attn``, ``up.0.upsample``, ...);
-``official_order`` lists them in the order in which the reference code creates its flat ``all_modules`` list,
-which is all :mod:`scoresde.nets.official` needs to read reference checkpoints.
+Submodules are named after their role (``down.1.blocks.0``, ``mid.attn``, ``up.0.upsample``, ...); the order in
+which the reference code creates its flat ``all_modules`` list, which reference checkpoints are keyed by, is the
+converter's business (:func:`scoresde.nets.official.official_module_order`).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,18 @@ _CHOICES = {
     "progressive_combine": ("sum", "cat"),
     "embedding_type": ("fourier", "positional"),
 }
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """Constructors of the blocks shared by the down and up paths (the options applied)."""
+
+    resblock: Callable[..., nn.Module]
+    attn: Callable[..., nn.Module]
+    combine: Callable[..., nn.Module]
+    resample: dict
+    resamp_with_conv: bool
+    init_scale: float
 
 
 class NCSNpp(nn.Module):
@@ -91,6 +104,8 @@ class NCSNpp(nn.Module):
         n_res = len(ch_mult)
         if res % 2 ** (n_res - 1):
             raise ValueError(f"image size {res} is not divisible by 2**(len(ch_mult) - 1) = {2 ** (n_res - 1)}")
+        if num_classes is not None and not conditional:
+            raise ValueError("NCSNpp: num_classes needs conditional=True (the label joins the noise embedding)")
         self.data_shape = (channels, res, res)
         self.nf, self.num_res_blocks, self.num_resolutions = nf, num_res_blocks, n_res
         self.attn_resolutions = tuple(int(r) for r in attn_resolutions)
@@ -98,133 +113,115 @@ class NCSNpp(nn.Module):
         self.skip_rescale, self.conditional = skip_rescale, conditional
         self.resblock_type, self.progressive = opts["resblock_type"], opts["progressive"]
         self.progressive_input, self.embedding_type = opts["progressive_input"], opts["embedding_type"]
-        combine = functools.partial(Combine, method=opts["progressive_combine"])
-        self.official_order: list[str] = []  # our submodule paths in the reference's creation order
-        order = self.official_order.append
-
-        # Noise-level embedding.
-        if self.embedding_type == "fourier":
-            self.fourier = GaussianFourierProjection(nf, scale=fourier_scale)
-            order("fourier")
-            embed_dim = 2 * nf
-        else:
-            embed_dim = nf
-        temb_dim = 4 * nf if conditional else None
-        if conditional:
-            self.embed_fc0, self.embed_fc1 = dense(embed_dim, 4 * nf), dense(4 * nf, 4 * nf)
-            order("embed_fc0"), order("embed_fc1")
         self.num_classes = None if num_classes is None else int(num_classes)
-        if self.num_classes is not None:  # not in the reference: kept out of official_order
-            if not conditional:
-                raise ValueError("NCSNpp: num_classes needs conditional=True (the label joins the noise embedding)")
-            self.label_embed = LabelEmbedding(self.num_classes, 4 * nf)
 
-        attn = functools.partial(AttnBlock, skip_rescale=skip_rescale, init_scale=init_scale)
+        self._build_embedding(fourier_scale)
         resample = dict(use_fir=fir, fir_kernel=fir_kernel)
+        block_opts = dict(
+            temb_dim=4 * nf if conditional else None, dropout=dropout, skip_rescale=skip_rescale, init_scale=init_scale
+        )
         if self.resblock_type == "ddpm":
-            resblock = functools.partial(
-                ResnetBlockDDPM, temb_dim=temb_dim, dropout=dropout, skip_rescale=skip_rescale, init_scale=init_scale
-            )
+            resblock = functools.partial(ResnetBlockDDPM, **block_opts)
         else:
-            resblock = functools.partial(
-                ResnetBlockBigGAN,
-                temb_dim=temb_dim,
-                dropout=dropout,
-                skip_rescale=skip_rescale,
-                init_scale=init_scale,
-                **resample,
-            )
-
-        # Downsampling path.
+            resblock = functools.partial(ResnetBlockBigGAN, **block_opts, **resample)
+        parts = _Parts(
+            resblock=resblock,
+            attn=functools.partial(AttnBlock, skip_rescale=skip_rescale, init_scale=init_scale),
+            combine=functools.partial(Combine, method=opts["progressive_combine"]),
+            resample=resample,
+            resamp_with_conv=resamp_with_conv,
+            init_scale=init_scale,
+        )
         self.conv_in = conv2d(channels, nf, 3)
-        order("conv_in")
-        skip_channels, in_ch, pyramid_ch = [nf], nf, channels
-        self.down = nn.ModuleList()
-        for i in range(n_res):
-            level, path = nn.Module(), f"down.{i}"
-            level.blocks, level.attns = nn.ModuleList(), nn.ModuleList()
-            for j in range(num_res_blocks):
-                out_ch = nf * ch_mult[i]
-                level.blocks.append(resblock(in_ch=in_ch, out_ch=out_ch))
-                order(f"{path}.blocks.{j}")
-                in_ch = out_ch
-                if self.resolutions[i] in self.attn_resolutions:
-                    level.attns.append(attn(channels=in_ch))
-                    order(f"{path}.attns.{j}")
-                skip_channels.append(in_ch)
-            if i != n_res - 1:
-                if self.resblock_type == "ddpm":
-                    level.downsample = Downsample(in_ch, with_conv=resamp_with_conv, **resample)
-                else:
-                    level.downsample = resblock(in_ch=in_ch, down=True)
-                order(f"{path}.downsample")
-                if self.progressive_input == "input_skip":
-                    level.pyramid_down = Downsample(pyramid_ch, with_conv=False, **resample)
-                    level.pyramid_combine = combine(dim1=pyramid_ch, dim2=in_ch)
-                    order(f"{path}.pyramid_down"), order(f"{path}.pyramid_combine")
-                    if opts["progressive_combine"] == "cat":
-                        in_ch *= 2
-                elif self.progressive_input == "residual":
-                    level.pyramid_down = Downsample(pyramid_ch, in_ch, with_conv=True, **resample)
-                    order(f"{path}.pyramid_down")
-                    pyramid_ch = in_ch
-                skip_channels.append(in_ch)
-            self.down.append(level)
-
-        # Middle.
+        skip_channels = self._build_down(ch_mult, parts)
         in_ch = skip_channels[-1]
         self.mid = nn.Module()
-        self.mid.block_0 = resblock(in_ch=in_ch)
-        self.mid.attn = attn(channels=in_ch)
-        self.mid.block_1 = resblock(in_ch=in_ch)
-        order("mid.block_0"), order("mid.attn"), order("mid.block_1")
-
-        # Upsampling path (built from the lowest resolution up; ``up[k]`` works at resolution level n_res-1-k).
-        self.up = nn.ModuleList()
-        pyramid_ch = 0
-        for k, i in enumerate(reversed(range(n_res))):
-            level, path = nn.Module(), f"up.{k}"
-            level.blocks = nn.ModuleList()
-            for j in range(num_res_blocks + 1):
-                out_ch = nf * ch_mult[i]
-                level.blocks.append(resblock(in_ch=in_ch + skip_channels.pop(), out_ch=out_ch))
-                order(f"{path}.blocks.{j}")
-                in_ch = out_ch
-            if self.resolutions[i] in self.attn_resolutions:
-                level.attn = attn(channels=in_ch)
-                order(f"{path}.attn")
-            if self.progressive != "none":
-                if i != n_res - 1:
-                    with_conv = self.progressive == "residual"
-                    level.pyramid_up = Upsample(
-                        pyramid_ch, in_ch if with_conv else None, with_conv=with_conv, **resample
-                    )
-                    order(f"{path}.pyramid_up")
-                if self.progressive == "output_skip":
-                    level.pyramid_norm = group_norm(in_ch)
-                    level.pyramid_conv = conv2d(in_ch, channels, 3, init_scale=init_scale)
-                    order(f"{path}.pyramid_norm"), order(f"{path}.pyramid_conv")
-                    pyramid_ch = channels
-                elif i == n_res - 1:  # residual: the pyramid starts at the lowest resolution
-                    level.pyramid_norm = group_norm(in_ch)
-                    level.pyramid_conv = conv2d(in_ch, in_ch, 3)
-                    order(f"{path}.pyramid_norm"), order(f"{path}.pyramid_conv")
-                    pyramid_ch = in_ch
-                else:
-                    pyramid_ch = in_ch
-            if i != 0:
-                if self.resblock_type == "ddpm":
-                    level.upsample = Upsample(in_ch, with_conv=resamp_with_conv, **resample)
-                else:
-                    level.upsample = resblock(in_ch=in_ch, up=True)
-                order(f"{path}.upsample")
-            self.up.append(level)
-        assert not skip_channels
-
+        self.mid.block_0 = parts.resblock(in_ch=in_ch)
+        self.mid.attn = parts.attn(channels=in_ch)
+        self.mid.block_1 = parts.resblock(in_ch=in_ch)
+        in_ch = self._build_up(ch_mult, skip_channels, parts)
         if self.progressive != "output_skip":
             self.norm_out = group_norm(in_ch)
             self.conv_out = conv2d(in_ch, channels, 3, init_scale=init_scale)
-            order("norm_out"), order("conv_out")
+
+    def _build_embedding(self, fourier_scale: float) -> None:
+        """Noise-level embedding (Fourier features of log sigma, or sinusoidal), its two dense layers and the
+        optional class-label embedding (not in the reference)."""
+        nf = self.nf
+        if self.embedding_type == "fourier":
+            self.fourier = GaussianFourierProjection(nf, scale=fourier_scale)
+        if self.conditional:
+            embed_dim = 2 * nf if self.embedding_type == "fourier" else nf
+            self.embed_fc0, self.embed_fc1 = dense(embed_dim, 4 * nf), dense(4 * nf, 4 * nf)
+        if self.num_classes is not None:
+            self.label_embed = LabelEmbedding(self.num_classes, 4 * nf)
+
+    def _build_down(self, ch_mult: Sequence[int], parts: _Parts) -> list[int]:
+        """Downsampling path ``down[i]`` at resolution ``res / 2**i``, with the progressive input pyramid; returns
+        the channel counts of the skip connections."""
+        channels, nf = self.data_shape[0], self.nf
+        skip_channels, in_ch, pyramid_ch = [nf], nf, channels
+        self.down = nn.ModuleList()
+        for i in range(self.num_resolutions):
+            level = nn.Module()
+            level.blocks, level.attns = nn.ModuleList(), nn.ModuleList()
+            for _ in range(self.num_res_blocks):
+                level.blocks.append(parts.resblock(in_ch=in_ch, out_ch=nf * ch_mult[i]))
+                in_ch = nf * ch_mult[i]
+                if self.resolutions[i] in self.attn_resolutions:
+                    level.attns.append(parts.attn(channels=in_ch))
+                skip_channels.append(in_ch)
+            if i != self.num_resolutions - 1:
+                if self.resblock_type == "ddpm":
+                    level.downsample = Downsample(in_ch, with_conv=parts.resamp_with_conv, **parts.resample)
+                else:
+                    level.downsample = parts.resblock(in_ch=in_ch, down=True)
+                if self.progressive_input == "input_skip":
+                    level.pyramid_down = Downsample(pyramid_ch, with_conv=False, **parts.resample)
+                    level.pyramid_combine = parts.combine(dim1=pyramid_ch, dim2=in_ch)
+                    if level.pyramid_combine.method == "cat":
+                        in_ch *= 2
+                elif self.progressive_input == "residual":
+                    level.pyramid_down = Downsample(pyramid_ch, in_ch, with_conv=True, **parts.resample)
+                    pyramid_ch = in_ch
+                skip_channels.append(in_ch)
+            self.down.append(level)
+        return skip_channels
+
+    def _build_up(self, ch_mult: Sequence[int], skip_channels: list[int], parts: _Parts) -> int:
+        """Upsampling path, built from the lowest resolution up (``up[k]`` works at resolution level
+        ``n_res - 1 - k``), with the progressive output pyramid; consumes ``skip_channels``, returns the channels."""
+        channels, in_ch, pyramid_ch = self.data_shape[0], skip_channels[-1], 0
+        self.up = nn.ModuleList()
+        for i in reversed(range(self.num_resolutions)):
+            level = nn.Module()
+            level.blocks = nn.ModuleList()
+            for _ in range(self.num_res_blocks + 1):
+                level.blocks.append(parts.resblock(in_ch=in_ch + skip_channels.pop(), out_ch=self.nf * ch_mult[i]))
+                in_ch = self.nf * ch_mult[i]
+            if self.resolutions[i] in self.attn_resolutions:
+                level.attn = parts.attn(channels=in_ch)
+            if self.progressive != "none":
+                if i != self.num_resolutions - 1:
+                    with_conv = self.progressive == "residual"
+                    out_ch = in_ch if with_conv else None
+                    level.pyramid_up = Upsample(pyramid_ch, out_ch, with_conv=with_conv, **parts.resample)
+                if self.progressive == "output_skip":
+                    level.pyramid_norm = group_norm(in_ch)
+                    level.pyramid_conv = conv2d(in_ch, channels, 3, init_scale=parts.init_scale)
+                    pyramid_ch = channels
+                else:  # residual: the pyramid starts at the lowest resolution with a norm and a conv
+                    if i == self.num_resolutions - 1:
+                        level.pyramid_norm, level.pyramid_conv = group_norm(in_ch), conv2d(in_ch, in_ch, 3)
+                    pyramid_ch = in_ch
+            if i != 0:
+                if self.resblock_type == "ddpm":
+                    level.upsample = Upsample(in_ch, with_conv=parts.resamp_with_conv, **parts.resample)
+                else:
+                    level.upsample = parts.resblock(in_ch=in_ch, up=True)
+            self.up.append(level)
+        assert not skip_channels
+        return in_ch
 
     def embed(self, label: torch.Tensor) -> torch.Tensor | None:
         """Noise-level embedding ``(B, 4 nf)`` in float32 (outside autocast), or ``None`` if unconditional."""

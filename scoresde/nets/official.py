@@ -5,8 +5,8 @@ A reference ``checkpoint_*.pth`` is a dict ``{model, ema, optimizer, step}``. ``
 ``sigmas`` buffer); ``ema`` holds ``shadow_params``, a *list* in ``model.parameters()`` order without the
 non-trainable Fourier ``W``. We rebuild the network from the reference config (a nested dict like the
 reference's ``ml_collections`` config, a ``config.json`` path, or a published config name in
-:data:`OFFICIAL_CONFIGS`), map every flat key to our named submodule through ``NCSNpp.official_order`` and load
-**strictly**: any missing, unexpected or mis-shaped key raises :class:`CheckpointMismatchError`.
+:data:`OFFICIAL_CONFIGS`), map every flat key to our named submodule through :func:`official_module_order` and
+load **strictly**: any missing, unexpected or mis-shaped key raises :class:`CheckpointMismatchError`.
 
 Score conventions (continuous training, Song et al. 2021), applied by the preconditioning layer
 (:class:`~scoresde.score.ScoreModel`): VP / sub-VP networks see ``999 t`` and predict the noise
@@ -253,15 +253,48 @@ def score_kwargs_from_config(config: dict | str | os.PathLike) -> dict[str, Any]
 # State-dict conversion.
 
 
-def _target(net: NCSNpp, key: str, value: torch.Tensor) -> tuple[str, torch.Tensor] | None:
-    """Our key and tensor for one reference key ``all_modules.<i>.<rest>``, or ``None`` if it has no place."""
+# The reference's NCSNpp (models/ncsnpp.py at its release) appends its modules to one flat list ``all_modules`` as
+# it builds them: per down level the blocks (each followed by its attention), the downsampling, then the input
+# pyramid's combine (input_skip) or strided conv (residual); the middle; per up level the blocks, the attention, the
+# output pyramid's head (norm, conv) or upsampling conv (residual), the upsampling; the output norm and conv.
+# Our levels hold the same modules under these names, listed here in that order.
+_DOWN_TAIL = ("downsample", "pyramid_down", "pyramid_combine")
+_UP_TAIL = ("attn", "pyramid_up", "pyramid_norm", "pyramid_conv", "upsample")
+
+
+def official_module_order(net: NCSNpp) -> list[str]:
+    """Our submodule paths in the order of the reference's ``all_modules`` list: entry ``i`` is the module that
+    reference keys ``all_modules.<i>.*`` belong to. Derived from the built network (``net.down`` / ``net.up``
+    levels, the embedding and output layers it has); the class-label embedding, not in the reference, is left out."""
+    # The parameter-free pyramid resamplers of output_skip / input_skip are, in the reference, one shared module
+    # outside all_modules (self.pyramid_upsample / self.pyramid_downsample): they take no index there.
+    outside = {"pyramid_up"} if net.progressive == "output_skip" else set()
+    outside |= {"pyramid_down"} if net.progressive_input == "input_skip" else set()
+
+    def tail(level: nn.Module, path: str, names: tuple[str, ...]) -> list[str]:
+        return [f"{path}.{n}" for n in names if n not in outside and isinstance(getattr(level, n, None), nn.Module)]
+
+    order = [name for name in ("fourier", "embed_fc0", "embed_fc1", "conv_in") if hasattr(net, name)]
+    for i, level in enumerate(net.down):
+        for j in range(len(level.blocks)):
+            order += [f"down.{i}.blocks.{j}"] + ([f"down.{i}.attns.{j}"] if len(level.attns) else [])
+        order += tail(level, f"down.{i}", _DOWN_TAIL)
+    order += ["mid.block_0", "mid.attn", "mid.block_1"]
+    for k, level in enumerate(net.up):
+        order += [f"up.{k}.blocks.{j}" for j in range(len(level.blocks))] + tail(level, f"up.{k}", _UP_TAIL)
+    return order + [name for name in ("norm_out", "conv_out") if hasattr(net, name)]
+
+
+def _target(order: list[str], net: NCSNpp, key: str, value: torch.Tensor) -> tuple[str, torch.Tensor] | None:
+    """Our key and tensor for one reference key ``all_modules.<i>.<rest>`` (``order``: :func:`official_module_order`),
+    or ``None`` if it has no place."""
     parts = key.split(".")
     if len(parts) < 3 or parts[0] != "all_modules" or not parts[1].isdigit():
         return None
     index, rest = int(parts[1]), parts[2:]
-    if index >= len(net.official_order):
+    if index >= len(order):
         return None
-    path = net.official_order[index]
+    path = order[index]
     module = net.get_submodule(path)
     if len(rest) == 2:
         names = getattr(module, "OFFICIAL_NAMES", {})
@@ -295,8 +328,9 @@ def convert_state_dict(
     ours = net.state_dict()
     trainable = {n for n, p in net.named_parameters() if p.requires_grad}
     converted, unexpected, mismatched, official_trainable, seen = {}, [], [], [], set()
+    order = official_module_order(net)
     for key, value in state.items():
-        tgt = _target(net, key, value)
+        tgt = _target(order, net, key, value)
         if tgt is None or tgt[0] not in ours or tgt[0] in seen:
             unexpected.append(key)
             continue
@@ -316,7 +350,7 @@ def convert_state_dict(
             msg = f"ema.shadow_params: {len(shadow_params)} tensors for {len(official_trainable)} parameters"
             raise CheckpointMismatchError([], [], [msg], where)
         for key, value in zip(official_trainable, shadow_params, strict=True):
-            name, tensor = _target(net, key, value)
+            name, tensor = _target(order, net, key, value)
             if tuple(tensor.shape) != tuple(ours[name].shape):
                 raise CheckpointMismatchError([], [], [f"ema entry for {key}: {tuple(value.shape)}"], where)
             converted[name] = tensor
