@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "benchmarks" / "results"
 
+from scoresde import load_model  # noqa: E402
 from scoresde.data import GaussianMixture, random_mixture  # noqa: E402
 from scoresde.data.toy import eight_gaussians_mixture  # noqa: E402
 from scoresde.metrics import sliced_wasserstein  # noqa: E402
@@ -98,8 +99,8 @@ def train_run(overrides: list[str], run_dir: Path) -> tuple[object, object, floa
     t0 = time.perf_counter()
     script.train(cfg, run_dir)
     seconds = time.perf_counter() - t0
-    model, sde, _ = script.load_trained(run_dir)
-    return model, sde, seconds
+    loaded = load_model(run_dir)
+    return loaded.model, loaded.sde, seconds
 
 
 def final_time(sde) -> float:

@@ -63,8 +63,8 @@ def test_fill_sigma_data_uses_the_model_range_and_rewrites_the_stored_config():
 
 def test_cli_run_stores_the_estimate_and_reloads_identically(tmp_path):
     """``python train.py ... model.parameterization=edm loss.name=edm`` with ``model.sigma_data`` left null: the run's
-    config.yaml holds the estimate (~2 for these points), and ``load_trained`` rebuilds the model with it."""
-    import train as script
+    config.yaml holds the estimate (~2 for these points), and ``load_model`` rebuilds the model with it."""
+    from scoresde import load_model
     from scoresde.data import load_dataset
 
     data = points_npz(tmp_path / "pts.npz")
@@ -77,9 +77,9 @@ def test_cli_run_stores_the_estimate_and_reloads_identically(tmp_path):
     assert stored == pytest.approx(estimate_sigma_data(train_split), rel=1e-12)
     assert 1.8 < stored < 2.3  # 8 Gaussians: std 2.03 per coordinate
     for source in (run, run / "ema.safetensors"):
-        model, sde, cfg = script.load_trained(source)
-        assert model.sigma_data == stored == cfg.model.sigma_data and model.parameterization == "edm"
-        assert type(sde).__name__ == "EDMSDE"
+        loaded = load_model(source)
+        assert loaded.model.sigma_data == stored == loaded.config.model.sigma_data
+        assert loaded.model.parameterization == "edm" and type(loaded.sde).__name__ == "EDMSDE"
 
 
 @pytest.mark.slow
@@ -88,7 +88,7 @@ def test_short_training_gives_good_ode_samples(tmp_path, recipe):
     """1500 steps of a small MLP on 8 Gaussians (20,000 points): probability-flow ODE samples (dopri5) are close to
     the exact mixture. n = 2000 samples: sliced W2 below 3x the two-sample floor (the mean over 5 pairs of exact
     samples) and the mean log-density within 0.5 nats of the exact E log p (its standard error here is ~0.03)."""
-    import train as script
+    from scoresde import load_model
     from scoresde.sampling import get_sampler
 
     mix = eight_gaussians_mixture()
@@ -100,7 +100,8 @@ def test_short_training_gives_good_ode_samples(tmp_path, recipe):
         over += ["sde=edm", "model.parameterization=edm", "model.time_input=edm", "loss.name=edm"]
     p = cli(run, *over, timeout=1500)
     assert p.returncode == 0, p.stderr[-3000:]
-    model, sde, _ = script.load_trained(run)
+    loaded = load_model(run)
+    model, sde = loaded.model, loaded.sde
     n = 2000
     sampler = get_sampler("ode", eps=getattr(sde, "eps", 1e-3))
     with torch.no_grad():
