@@ -43,7 +43,7 @@ def exact_std(sde, t: float) -> float:
             ac = (mpmath.mpf(sde.t_clip) + sde.s) / (1 + sde.s) * mpmath.pi / 2
             abar = mpmath.cos(ac) ** 2 / mpmath.cos(a0) ** 2 * mpmath.exp(-sde.beta_max * (t - sde.t_clip))
         return float(mpmath.sqrt(1 - abar))
-    m = -(t**2) * (mpmath.mpf(sde.beta_1) - sde.beta_0) / 4 - t * mpmath.mpf(sde.beta_0) / 2
+    m = -(t**2) * (mpmath.mpf(sde.beta_max) - sde.beta_min) / 4 - t * mpmath.mpf(sde.beta_min) / 2
     one_minus = 1 - mpmath.exp(2 * m)
     return float(one_minus if isinstance(sde, SubVPSDE) else mpmath.sqrt(one_minus))
 
@@ -253,7 +253,7 @@ def test_discretize_agrees_with_reference_ddpm_and_smld():
         t = i.double() / (N - 1)
         x = torch.ones(3, 1, dtype=torch.float64)
         # Reference DDPM: f = sqrt(1 - beta_i) x - x, G = sqrt(beta_i).
-        beta_ref = torch.linspace(vp.beta_0 / N, vp.beta_1 / N, N, dtype=torch.float64)[i]
+        beta_ref = torch.linspace(vp.beta_min / N, vp.beta_max / N, N, dtype=torch.float64)[i]
         f, G = vp.discretize(x, t)
         err_vp = float(((G**2 - beta_ref) / beta_ref).abs().max())
         torch.testing.assert_close(f[:, 0], torch.sqrt(1 - G**2) - 1)
