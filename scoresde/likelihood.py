@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,9 +33,8 @@ import torchdiffeq
 
 from scoresde.sampling.base import CountingScore, progress_iter
 from scoresde.sampling.ode import ADAPTIVE, FIXED
+from scoresde.sde import ScoreFn
 from scoresde.utils import Generator, flat_dim, rand, randn, sum_except_batch
-
-ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 DIVERGENCES = ("hutchinson_gaussian", "hutchinson_rademacher", "exact")
 TIME_VARIABLES = ("t", "lambda")
