@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from scoresde.data.digits import NUM_CLASSES, digits_split
-from scoresde.evaluation.feature_net import FeatureNet, Images
+from scoresde.evaluation.feature_net import FeatureCNN, FeatureNet, Images
 from scoresde.evaluation.images import grey_images
 
 # Everything that determines the trained weights (its hash names the cache file); bump "version" when changing
@@ -43,10 +43,8 @@ RECIPE = {
 }
 
 
-class DigitsCNN(nn.Module):
+class DigitsCNN(FeatureCNN):
     """A 45k-parameter CNN on ``(N, 1, 8, 8)`` images; :meth:`features` is the 64-d penultimate layer (after ReLU)."""
-
-    feature_dim = 64
 
     def __init__(self) -> None:
         super().__init__()
@@ -61,9 +59,6 @@ class DigitsCNN(nn.Module):
         h = F.max_pool2d(F.relu(self.conv2(h)), 2)
         h = F.max_pool2d(F.relu(self.conv3(h)), 2)
         return F.relu(self.fc1(h.flatten(1)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.dropout(self.features(x), 0.3, self.training))
 
 
 def as_digit_images(images: Images, name: str = "images") -> torch.Tensor:

@@ -36,6 +36,19 @@ from scoresde.evaluation.frechet import frechet_distance
 Images = torch.Tensor | np.ndarray
 
 
+class FeatureCNN(nn.Module):
+    """A classifier whose penultimate layer is the feature space: subclasses define ``features(x)`` (``feature_dim``
+    values after a ReLU) and ``fc2``, the class logits; dropout 0.3 on the features while training."""
+
+    feature_dim = 64
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.dropout(self.features(x), 0.3, self.training))
+
+
 def cache_dir() -> Path:
     """``$SCORESDE_CACHE`` if set, else ``$XDG_CACHE_HOME/scoresde``, else ``~/.cache/scoresde``."""
     if os.environ.get("SCORESDE_CACHE"):
@@ -201,4 +214,4 @@ def _split_features(net: FeatureNet, part: str, file_key: tuple[str, int, int]) 
     return net.features(split.test_images if part == "test" else split.train_images)
 
 
-__all__ = ["FeatureNet", "cache_dir", "deterministic_cpu", "random_shift"]
+__all__ = ["FeatureCNN", "FeatureNet", "cache_dir", "deterministic_cpu", "random_shift"]

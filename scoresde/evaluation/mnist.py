@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from scoresde.evaluation.feature_net import FeatureNet, Images
+from scoresde.evaluation.feature_net import FeatureCNN, FeatureNet, Images
 from scoresde.evaluation.images import grey_images
 
 NUM_CLASSES = 10
@@ -83,10 +83,8 @@ def as_mnist_images(images: Images, name: str = "images") -> torch.Tensor:
     return x.contiguous()
 
 
-class MnistCNN(nn.Module):
+class MnistCNN(FeatureCNN):
     """A 90k-parameter CNN on ``(N, 1, 28, 28)``; :meth:`features` is the 64-d penultimate layer (after ReLU)."""
-
-    feature_dim = 64
 
     def __init__(self) -> None:
         super().__init__()
@@ -99,9 +97,6 @@ class MnistCNN(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.conv3(F.relu(self.conv2(F.relu(self.conv1(x))))))
         return F.relu(self.fc1(h.flatten(1)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.dropout(self.features(x), 0.3, self.training))
 
 
 MNIST = FeatureNet("mnist", MnistCNN, RECIPE, mnist_split, as_mnist_images, batch=2048)
