@@ -8,6 +8,7 @@ any moment leaves either the old or the new file, never a torn one.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import random
@@ -170,6 +171,29 @@ def export_safetensors(module: nn.Module, path: str | Path, metadata: dict[str, 
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
     return atomic_write_bytes(save(tensors, metadata={k: str(v) for k, v in metadata.items()}), path)
+
+
+def read_weights_file(path: str | Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of the safetensors file a user named as ``what`` (``"classifier"``, ...): a
+    ``FileNotFoundError`` when it is missing, a ``ValueError`` naming it when it is unreadable."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
+    try:
+        return load_safetensors(p)
+    except CheckpointError as err:
+        raise ValueError(f"{what} {str(path)!r} is not a readable safetensors file ({err})") from None
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the sorted tensor names, dtypes, shapes and bytes (CPU): the content hash a weights file carries
+    in its metadata and is checked against on load."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().to("cpu").contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

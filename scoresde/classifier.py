@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from scoresde.nets import MLP
-from scoresde.utils import batch_broadcast
 
 
 @dataclass
@@ -29,9 +28,8 @@ class ClassifierResult:
 
 def noisy(sde, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A draw of ``x_t ~ N(alpha(t) x0, sigma(t)^2 I)``."""
-    mean, std = sde.marginal_prob(x0, t)
     z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-    return mean + batch_broadcast(std, x0) * z
+    return sde.perturb(x0, t, z)
 
 
 def accuracy_at(net: MLP, sde, x0: torch.Tensor, y: torch.Tensor, t: float, seed: int = 0) -> float:
@@ -113,16 +111,10 @@ def _meta_int(meta: dict, key: str, source: str, hi: int) -> int:
 def load_classifier(path: str | Path, sde=None) -> tuple[MLP, dict]:
     """A classifier saved by :func:`save_classifier`; with ``sde``, refuse one trained under another SDE. The file is
     data: its metadata are checked values (sizes, names), never code; the weights load strictly."""
-    from scoresde.checkpoint import CheckpointError, load_safetensors
+    from scoresde.checkpoint import CheckpointError, read_weights_file
     from scoresde.loading import parse_data_shape
 
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"classifier {str(path)!r} does not exist")
-    try:
-        state, meta = load_safetensors(p)
-    except CheckpointError as err:
-        raise ValueError(f"classifier {str(path)!r} is not a readable safetensors file ({err})") from None
+    state, meta = read_weights_file(path, "classifier")
     source = str(path)
     if meta.get("kind") != "scoresde.noisy_classifier":
         raise ValueError(f"{source!r} is not a scoresde noise-conditional classifier (train_classifier.py)")

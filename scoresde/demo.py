@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from scoresde.data import eight_gaussians_mixture
+from scoresde.io import save_figure
 from scoresde.sde import VESDE, VPSDE, CosineVPSDE, SubVPSDE
 
 SDES = {
@@ -53,12 +54,7 @@ def draw_marginals(out: str | Path, times=TIMES, resolution: int = 160) -> Path:
                 ax.set_ylabel(name)
             ax.text(0.03, 0.03, f"±{half:.3g}", color="w", fontsize=7, transform=ax.transAxes)
     fig.suptitle("Exact marginals p_t of the 8-Gaussians mixture")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def main(argv: list[str] | None = None) -> None:

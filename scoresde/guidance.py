@@ -18,7 +18,8 @@ from collections.abc import Callable
 
 import torch
 
-ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from scoresde.sde import ScoreFn
+
 Labels = int | torch.Tensor
 
 

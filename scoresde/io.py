@@ -57,10 +57,17 @@ def save_scatter(
     ax.scatter(p[:, 0], p[:, 1], s=1, c="C0", label="samples")
     ax.set_aspect("equal")
     ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """A matplotlib figure laid out tightly, written to ``path`` (folders created) and closed."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,9 +33,8 @@ import torchdiffeq
 
 from scoresde.sampling.base import CountingScore, progress_iter
 from scoresde.sampling.ode import ADAPTIVE, FIXED
+from scoresde.sde import ScoreFn
 from scoresde.utils import Generator, flat_dim, rand, randn, sum_except_batch
-
-ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 DIVERGENCES = ("hutchinson_gaussian", "hutchinson_rademacher", "exact")
 TIME_VARIABLES = ("t", "lambda")
@@ -188,6 +187,20 @@ def draw_probe(
     raise ValueError(f"unknown divergence '{divergence}'; choose one of {', '.join(DIVERGENCES)}")
 
 
+def _check_likelihood_inputs(sde, x: torch.Tensor, eps: float, method: str, options, time_variable: str) -> None:
+    """Refuse bad input of :func:`log_likelihood` before any work, naming the problem."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2:
+        raise ValueError(f"x must be a floating tensor shaped (B, ...), got {getattr(x, 'shape', type(x))}")
+    if not torch.isfinite(x).all():
+        raise ValueError("x contains NaN or inf")
+    if not 0 < eps < sde.T:
+        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}), got {eps}")
+    if method in FIXED and not (options and ("step_size" in options or "grid_constructor" in options)):
+        raise ValueError(f"fixed-grid method '{method}' needs options={{'step_size': h}}; it would take one step")
+    if time_variable not in TIME_VARIABLES:
+        raise ValueError(f"unknown time_variable '{time_variable}'; choose one of {', '.join(TIME_VARIABLES)}")
+
+
 def log_likelihood(
     sde,
     score_fn: ScoreFn,
@@ -226,16 +239,7 @@ def log_likelihood(
         time_variable: ``t`` (default) or ``lambda`` (state ``x / alpha`` against ``log(alpha / sigma)``; fixed-grid
             step sizes are then in ``lambda``).
     """
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2:
-        raise ValueError(f"x must be a floating tensor shaped (B, ...), got {getattr(x, 'shape', type(x))}")
-    if not torch.isfinite(x).all():
-        raise ValueError("x contains NaN or inf")
-    if not 0 < eps < sde.T:
-        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}), got {eps}")
-    if method in FIXED and not (options and ("step_size" in options or "grid_constructor" in options)):
-        raise ValueError(f"fixed-grid method '{method}' needs options={{'step_size': h}}; it would take one step")
-    if time_variable not in TIME_VARIABLES:
-        raise ValueError(f"unknown time_variable '{time_variable}'; choose one of {', '.join(TIME_VARIABLES)}")
+    _check_likelihood_inputs(sde, x, eps, method, options, time_variable)
     solver_dtype = dtype or x.dtype
     ends = torch.tensor([eps, sde.T], dtype=torch.float64)
     # The ODE's state is x (t) or x / alpha (lambda), between these values of the time variable:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from scoresde import digits_metrics as dm
+from scoresde.evaluation.digits import DIGITS
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def _count_trainings(monkeypatch) -> list[int]:
         calls.append(1)
         return dm.DigitsCNN().eval().requires_grad_(False)
 
-    monkeypatch.setattr(dm, "_train_classifier", stub)
+    monkeypatch.setattr(DIGITS, "train", stub)
     return calls
 
 
@@ -94,7 +95,7 @@ def test_classifier_test_accuracy(cache, split):
 def test_training_is_deterministic_and_restores_global_state(cache):
     cached = dm.load_digits_classifier().state_dict()
     rng, threads = torch.get_rng_state(), torch.get_num_threads()
-    retrained = dm._train_classifier().state_dict()
+    retrained = DIGITS.train().state_dict()
     assert torch.equal(torch.get_rng_state(), rng) and torch.get_num_threads() == threads
     assert not torch.are_deterministic_algorithms_enabled()
     assert cached.keys() == retrained.keys()
@@ -111,16 +112,16 @@ def test_cache_location_and_recipe_hash(monkeypatch, tmp_path):
     assert dm.cache_dir() == tmp_path / "home" / ".cache" / "scoresde"
     monkeypatch.setenv("SCORESDE_CACHE", str(tmp_path / "mine"))
     assert dm.cache_dir() == tmp_path / "mine"
-    name = dm.classifier_path().name
-    assert dm.recipe_hash() in name
-    monkeypatch.setitem(dm._RECIPE, "epochs", dm._RECIPE["epochs"] + 1)
-    assert dm.classifier_path().name != name  # a recipe change retrains
+    name = DIGITS.path().name
+    assert DIGITS.recipe_hash() in name
+    monkeypatch.setitem(DIGITS.recipe, "epochs", DIGITS.recipe["epochs"] + 1)
+    assert DIGITS.path().name != name  # a recipe change retrains
 
 
 def test_cache_is_reused_without_training(cache, monkeypatch):
     calls = _count_trainings(monkeypatch)
     expected = dm.load_digits_classifier().state_dict()
-    dm._MEMO.clear()  # force a read from disk
+    DIGITS.memo.clear()  # force a read from disk
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model = dm.load_digits_classifier()
@@ -146,16 +147,16 @@ def _flipped(data: bytes) -> bytes:
 
 @pytest.mark.parametrize("corrupt", [_garbage, _truncated, _flipped])
 def test_corrupt_cache_is_retrained_with_warning(cache, monkeypatch, tmp_path, corrupt):
-    good = (cache / dm.classifier_path().name).read_bytes()
+    good = (cache / DIGITS.path().name).read_bytes()
     monkeypatch.setenv("SCORESDE_CACHE", str(tmp_path))
-    path = dm.classifier_path()
+    path = DIGITS.path()
     path.write_bytes(corrupt(good))
     calls = _count_trainings(monkeypatch)
     with pytest.warns(UserWarning, match="unusable.*retraining"):
         dm.load_digits_classifier()
     assert calls == [1]
     assert os.listdir(tmp_path) == [path.name]  # replaced atomically, no temporary file left behind
-    dm._MEMO.clear()
+    DIGITS.memo.clear()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         dm.load_digits_classifier()  # the rewritten file loads cleanly
@@ -256,8 +257,8 @@ def test_accuracy_label_errors(cache, split):
         (torch.rand(4, 63), r"got \(4, 63\)"),
         (torch.zeros(0, 1, 8, 8), "empty"),
         (torch.full((4, 1, 8, 8), float("nan")), "NaN"),
-        (2 * torch.rand(4, 1, 8, 8) - 1, r"expected range \[0, 1\].*\(x \+ 1\) / 2"),
-        (16 * torch.rand(4, 1, 8, 8), r"expected range \[0, 1\]"),
+        (2 * torch.rand(4, 1, 8, 8) - 1, r"values in \[0, 1\], the expected range.*\(x \+ 1\) / 2"),
+        (16 * torch.rand(4, 1, 8, 8), r"values in \[0, 1\]"),
         (np.array([["a"] * 64]), "real-valued"),
         (torch.ones(4, 64, dtype=torch.bool), "real-valued"),
     ],

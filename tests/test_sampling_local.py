@@ -24,9 +24,9 @@ import torch
 
 from scoresde.data import random_mixture
 from scoresde.sampling import ModelViews
+from scoresde.sampling.base import GridCoords
 from scoresde.sampling.ddim import ddim_coefficients
 from scoresde.sampling.dpm_solver import dpm_solver_steps
-from scoresde.sampling.exponential import GridCoords
 from scoresde.sampling.heun import sample_heun
 from scoresde.sampling.pndm import pndm_steps, pseudo_runge_kutta
 from scoresde.sampling.unipc import unipc_steps

@@ -43,7 +43,7 @@ def exact_std(sde, t: float) -> float:
             ac = (mpmath.mpf(sde.t_clip) + sde.s) / (1 + sde.s) * mpmath.pi / 2
             abar = mpmath.cos(ac) ** 2 / mpmath.cos(a0) ** 2 * mpmath.exp(-sde.beta_max * (t - sde.t_clip))
         return float(mpmath.sqrt(1 - abar))
-    m = -(t**2) * (mpmath.mpf(sde.beta_1) - sde.beta_0) / 4 - t * mpmath.mpf(sde.beta_0) / 2
+    m = -(t**2) * (mpmath.mpf(sde.beta_max) - sde.beta_min) / 4 - t * mpmath.mpf(sde.beta_min) / 2
     one_minus = 1 - mpmath.exp(2 * m)
     return float(one_minus if isinstance(sde, SubVPSDE) else mpmath.sqrt(one_minus))
 
@@ -253,7 +253,7 @@ def test_discretize_agrees_with_reference_ddpm_and_smld():
         t = i.double() / (N - 1)
         x = torch.ones(3, 1, dtype=torch.float64)
         # Reference DDPM: f = sqrt(1 - beta_i) x - x, G = sqrt(beta_i).
-        beta_ref = torch.linspace(vp.beta_0 / N, vp.beta_1 / N, N, dtype=torch.float64)[i]
+        beta_ref = torch.linspace(vp.beta_min / N, vp.beta_max / N, N, dtype=torch.float64)[i]
         f, G = vp.discretize(x, t)
         err_vp = float(((G**2 - beta_ref) / beta_ref).abs().max())
         torch.testing.assert_close(f[:, 0], torch.sqrt(1 - G**2) - 1)
@@ -451,3 +451,28 @@ def test_edm_config_builds_through_the_registry():
     assert type(sde) is EDMSDE and (sde.sigma_min, sde.sigma_max, sde.N) == (0.002, 80.0, 1000)
     with pytest.raises(ValueError, match="sigma_min"):
         EDMSDE(sigma_min=1.0, sigma_max=0.5)
+
+
+def test_perturb_draws_the_forward_marginal(sde):
+    """``perturb(x0, t, z)`` is ``alpha_t x0 + sigma_t z`` per sample (images, one time per sample), and with
+    ``x0 ~`` a mixture and ``z ~ N(0, I)`` its draws have the exact marginal's mean and covariance: n = 40000 draws
+    in 2-D, tolerance 5 standard errors (mean: sqrt(var / n); covariance entries: sqrt(2 / n) var)."""
+    from scoresde.data import random_mixture
+
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(3, 2, 4, 4, generator=gen, dtype=torch.float64)
+    z = torch.randn(3, 2, 4, 4, generator=gen, dtype=torch.float64)
+    t = torch.tensor([0.01, 0.5, 1.0], dtype=torch.float64)
+    alpha, sigma = sde.marginal_alpha(t), sde.marginal_std(t)
+    for b in range(3):
+        expected = alpha[b] * x0[b] + sigma[b] * z[b]
+        torch.testing.assert_close(sde.perturb(x0, t, z)[b], expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sde.perturb(x0, 0.5, z), sde.perturb(x0, torch.full((3,), 0.5, dtype=torch.float64), z))
+
+    mix = random_mixture(dim=2, n_components=3, seed=1)
+    n = 40000
+    draws = sde.perturb(mix.sample(n, generator=gen), 0.4, torch.randn(n, 2, generator=gen, dtype=torch.float64))
+    exact = mix.marginal(sde, 0.4)
+    var = exact.covariance().diagonal().max()
+    assert float((draws.mean(0) - exact.mean()).abs().max()) < 5 * float((var / n) ** 0.5)
+    assert float((torch.cov(draws.T) - exact.covariance()).abs().max()) < 5 * float(var) * math.sqrt(2 / n)

@@ -14,7 +14,6 @@ from scoresde.sampling.base import (
     ModelViews,
     Sampler,
     SampleResult,
-    perturb,
     tweedie_denoise,
 )
 from scoresde.sampling.ddim import DDIMSampler, sample_ddim
@@ -103,7 +102,6 @@ __all__ = [
     "load_grid",
     "GRIDS",
     "tweedie_denoise",
-    "perturb",
     "optimize_grid",
     "fit_grid",
     "fit_or_load_grid",

@@ -1,5 +1,5 @@
 """What every sampler shares: the result type, the model's views with NFE counting, the option objects, the
-starting point, the forward perturbation and Tweedie's final step.
+starting point and Tweedie's final step (the forward perturbation is ``LinearSDE.perturb``).
 
 A *model* is a score function ``score_fn(x, t)`` (CONTRACT) or an object that also — or only — offers the data
 prediction ``x0_hat(x, t)`` (a denoiser) and/or the noise prediction ``eps_hat(x, t)``. With
@@ -33,7 +33,6 @@ from scoresde.sampling.grids import (
 from scoresde.sde import LinearSDE
 from scoresde.utils import Generator, as_time, batch_broadcast
 
-ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 #: Called once per step, before it, with a dict: ``i`` (step index), ``t`` (grid time of ``x``, a float), ``x``
 #: (the state at ``t``) and ``denoised``: the data prediction there where the sampler has one, else ``None`` (UniPC:
 #: the output at the predicted point, before UniC corrected ``x``).
@@ -47,6 +46,11 @@ class SampleResult:
 
     samples: torch.Tensor
     nfe: int
+
+
+def x0_from_eps(x: torch.Tensor, eps_hat: torch.Tensor, alpha: Scale, sigma: Scale) -> torch.Tensor:
+    """Tweedie's data prediction from the noise prediction: ``x0_hat = (x - sigma eps_hat) / alpha``."""
+    return (x - sigma * eps_hat) / alpha
 
 
 class ModelViews:
@@ -111,7 +115,7 @@ class ModelViews:
             return self._x0_hat(x, t)
         alpha, sigma = self._scales(x, t, alpha, sigma)
         if self._eps_hat is not None:
-            return (x - sigma * self._eps_hat(x, t)) / alpha
+            return x0_from_eps(x, self._eps_hat(x, t), alpha, sigma)
         return (x + sigma**2 * self._score(x, t)) / alpha
 
     __call__ = score
@@ -142,12 +146,6 @@ def tweedie_denoise(sde: LinearSDE, model, x: torch.Tensor, t: float | torch.Ten
     return as_views(model, sde).x0(x, t)
 
 
-def perturb(sde: LinearSDE, x0: torch.Tensor, t: float | torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """A draw of the forward marginal ``x_t = alpha_t x0 + sigma_t z`` given the noise ``z``."""
-    mean, std = sde.marginal_prob(x0, as_time(t, x0))
-    return mean + batch_broadcast(std, x0) * z
-
-
 def initial_state(
     sde: LinearSDE,
     shape: Sequence[int],
@@ -164,14 +162,37 @@ def initial_state(
     return sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype)
 
 
-def full_time(t: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A time value as a ``(B,)`` tensor matching ``x``."""
-    return torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0]).clone()
-
-
 def batch_times(grid: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
     """Every grid time as a ``(B,)`` tensor in ``x``'s dtype and device, built once per run."""
     return [torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device) for t in grid.tolist()]
+
+
+@dataclass(frozen=True)
+class GridCoords:
+    """``alpha``, ``sigma``, ``lambda`` and ``sigma_hat = sigma / alpha`` at every grid time, as float64 tuples
+    (hashable: coefficient tables are cached per grid)."""
+
+    times: tuple[float, ...]
+    alpha: tuple[float, ...]
+    sigma: tuple[float, ...]
+    lam: tuple[float, ...]
+    sigma_hat: tuple[float, ...]
+
+    @classmethod
+    def of(cls, sde: LinearSDE, grid: torch.Tensor) -> GridCoords:
+        g = grid.detach().to(device="cpu", dtype=torch.float64)
+        lam = sde.marginal_lambda(g)
+        values = (g, sde.marginal_alpha(g), sde.marginal_std(g), lam, torch.exp(-lam))
+        return cls(*(tuple(v.tolist()) for v in values))
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+
+def start_grid(sde: LinearSDE, model, x: torch.Tensor, grid: torch.Tensor) -> tuple[ModelViews, GridCoords, list]:
+    """What a loop over ``grid`` starts from: the model's views, the grid's coordinates and its times as ``(B,)``
+    tensors in ``x``'s dtype and device."""
+    return as_views(model, sde), GridCoords.of(sde, grid), batch_times(grid, x)
 
 
 def progress_iter(iterable, enabled: bool | None, desc: str, total: int | None = None):

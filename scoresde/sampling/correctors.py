@@ -14,8 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from scoresde.sampling.base import ScoreFn
-from scoresde.sde import LinearSDE
+from scoresde.sde import LinearSDE, ScoreFn
 from scoresde.utils import Generator, batch_broadcast, randn
 
 Corrector = Callable[..., tuple[torch.Tensor, torch.Tensor]]
@@ -33,7 +32,8 @@ def _langevin_steps(
     generator: Generator,
     step_size: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n_steps`` of ``x <- x + eps * score + sqrt(2 eps) z`` with ``eps = step_size(score, z)`` (shape ``(B,)``)."""
+    """``n_steps`` of ``x <- x + step * score + sqrt(2 step) z`` with ``step = step_size(score, z)`` (``(B,)``; the
+    paper's ``epsilon``)."""
     x_mean = x
     for _ in range(n_steps):
         grad = score(x, t)

@@ -17,8 +17,16 @@ import math
 
 import torch
 
-from scoresde.sampling.base import GridOption, GridSampler, StepCallback, as_views, batch_times, progress_iter
-from scoresde.sampling.exponential import GridCoords, cached_per_grid
+from scoresde.sampling.base import (
+    GridCoords,
+    GridOption,
+    GridSampler,
+    StepCallback,
+    progress_iter,
+    start_grid,
+    x0_from_eps,
+)
+from scoresde.sampling.exponential import cached_per_grid
 from scoresde.sde import LinearSDE
 from scoresde.utils import Generator, randn
 
@@ -47,15 +55,13 @@ def sample_ddim(
     progress: bool | None = None,
 ) -> torch.Tensor:
     """DDIM from ``x`` at ``grid[0]`` to ``grid[-1]``: one model call per step (and one noise draw when ``eta > 0``)."""
-    model = as_views(model, sde)
-    coords = GridCoords.of(sde, grid)
-    times = batch_times(grid, x)
+    model, coords, times = start_grid(sde, model, x, grid)
     for i, (state_coef, eps_coef, noise_std) in enumerate(
         progress_iter(ddim_coefficients(coords, eta), progress, "ddim")
     ):
         eps_hat = model.eps(x, times[i], coords.alpha[i], coords.sigma[i])
         if callback is not None:
-            denoised = (x - coords.sigma[i] * eps_hat) / coords.alpha[i]
+            denoised = x0_from_eps(x, eps_hat, coords.alpha[i], coords.sigma[i])
             callback({"i": i, "t": coords.times[i], "x": x, "denoised": denoised})
         out = x * state_coef
         out.add_(eps_hat, alpha=eps_coef)

@@ -21,9 +21,8 @@ import math
 import numpy as np
 import torch
 
-from scoresde.sampling.base import GridOption, GridSampler, StepCallback, as_views
+from scoresde.sampling.base import GridCoords, GridOption, GridSampler, StepCallback, start_grid
 from scoresde.sampling.exponential import (
-    GridCoords,
     LinearSteps,
     basis,
     cached_per_grid,
@@ -107,9 +106,9 @@ def sample_dpm_solver(
     progress: bool | None = None,
 ) -> torch.Tensor:
     """Multistep DPM-Solver(++) from ``x`` at ``grid[0]`` to ``grid[-1]``: one model call per step."""
-    coords = GridCoords.of(sde, grid)
+    model, coords, times = start_grid(sde, model, x, grid)
     steps = dpm_solver_steps(coords, order, algorithm, lower_order_final)
-    return run_linear_steps(as_views(model, sde), x, coords, steps, callback, progress, f"dpm_solver-{order}")
+    return run_linear_steps(model, x, coords, times, steps, callback, progress, f"dpm_solver-{order}")
 
 
 class DPMSolverSampler(GridSampler):

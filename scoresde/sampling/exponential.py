@@ -24,32 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from scoresde.sampling.base import ModelViews, StepCallback, batch_times, progress_iter
-from scoresde.sde import LinearSDE
+from scoresde.sampling.base import GridCoords, ModelViews, StepCallback, progress_iter, x0_from_eps
 
 PREDICTIONS = ("data", "noise")
-
-
-@dataclass(frozen=True)
-class GridCoords:
-    """``alpha``, ``sigma``, ``lambda`` and ``sigma_hat = sigma / alpha`` at every grid time, as float64 tuples
-    (hashable: coefficient tables are cached per grid)."""
-
-    times: tuple[float, ...]
-    alpha: tuple[float, ...]
-    sigma: tuple[float, ...]
-    lam: tuple[float, ...]
-    sigma_hat: tuple[float, ...]
-
-    @classmethod
-    def of(cls, sde: LinearSDE, grid: torch.Tensor) -> GridCoords:
-        g = grid.detach().to(device="cpu", dtype=torch.float64)
-        lam = sde.marginal_lambda(g)
-        values = (g, sde.marginal_alpha(g), sde.marginal_std(g), lam, torch.exp(-lam))
-        return cls(*(tuple(v.tolist()) for v in values))
-
-    def __len__(self) -> int:
-        return len(self.times)
 
 
 @dataclass(frozen=True)
@@ -87,6 +64,7 @@ def run_linear_steps(
     model: ModelViews,
     x: torch.Tensor,
     coords: GridCoords,
+    times: list[torch.Tensor],
     steps: LinearSteps,
     callback: StepCallback | None = None,
     progress: bool | None = None,
@@ -95,7 +73,6 @@ def run_linear_steps(
     """The multistep loop over the grid of ``coords``: one model call per step (at the state reached, before its
     correction when a corrector is on), the corrector of the previous step, then the step itself."""
     view = model.x0 if steps.prediction == "data" else model.eps
-    times = batch_times(torch.tensor(coords.times), x)
     keep = max(steps.history, 1)
     outputs: list[torch.Tensor] = []  # model outputs at previous grid points, newest first
     x_prev = x
@@ -105,7 +82,7 @@ def run_linear_steps(
             x = combine(x_prev, steps.state_coef[i - 1], steps.corrector[i - 1], [m, *outputs])
         outputs = [m, *outputs][:keep]
         if callback is not None:
-            denoised = m if steps.prediction == "data" else (x - coords.sigma[i] * m) / coords.alpha[i]
+            denoised = m if steps.prediction == "data" else x0_from_eps(x, m, coords.alpha[i], coords.sigma[i])
             callback({"i": i, "t": coords.times[i], "x": x, "denoised": denoised})
         x_prev = x
         x = combine(x, steps.state_coef[i], steps.weights[i], outputs)

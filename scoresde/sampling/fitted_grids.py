@@ -72,6 +72,27 @@ def theta_of_grid(sde: LinearSDE, grid: torch.Tensor) -> np.ndarray:
     return np.log(inc[1:] / inc[0])
 
 
+def _check_fit_inputs(sde: LinearSDE, sampler: GridSampler, x_init: torch.Tensor, heldout: float) -> torch.Tensor:
+    """Refuse what cannot be fitted, before any model call; the sampler's start grid otherwise."""
+    if not isinstance(sampler, GridSampler) or not is_deterministic(sampler):
+        raise ValueError(f"a grid can be fitted only for a deterministic fixed-step sampler, got {sampler!r}")
+    if x_init.ndim < 2 or x_init.shape[0] < 4:
+        raise ValueError(f"x_init must be a batch of at least 4 start points, got shape {tuple(x_init.shape)}")
+    if not 0 < heldout < 1:
+        raise ValueError(f"heldout must be a fraction in (0, 1), got {heldout}")
+    start = sampler.time_grid(sde)
+    if len(start) - 1 < 2:
+        raise ValueError("a grid of 1 step has no interior time to fit")
+    return start
+
+
+def _nelder_mead(objective, theta0: np.ndarray, max_evals: int) -> np.ndarray:
+    """SciPy's adaptive Nelder–Mead from ``theta0`` with a simplex of half-unit steps; its best point."""
+    simplex = np.vstack([theta0, theta0 + 0.5 * np.eye(len(theta0))])
+    options = {"maxfev": max_evals, "initial_simplex": simplex, "xatol": 1e-3, "fatol": 1e-3, "adaptive": True}
+    return scipy.optimize.minimize(objective, theta0, method="Nelder-Mead", options=options).x
+
+
 def fit_grid(
     sde: LinearSDE,
     score_fn,
@@ -88,16 +109,8 @@ def fit_grid(
     teacher's dopri5 (default 1e-6 in float32, 1e-9 in float64). ``max_evals``: sampler runs the optimizer may make
     (default ``150 * (steps - 1)``).
     """
-    if not isinstance(sampler, GridSampler) or not is_deterministic(sampler):
-        raise ValueError(f"a grid can be fitted only for a deterministic fixed-step sampler, got {sampler!r}")
-    if x_init.ndim < 2 or x_init.shape[0] < 4:
-        raise ValueError(f"x_init must be a batch of at least 4 start points, got shape {tuple(x_init.shape)}")
-    if not 0 < heldout < 1:
-        raise ValueError(f"heldout must be a fraction in (0, 1), got {heldout}")
-    start = sampler.time_grid(sde)
+    start = _check_fit_inputs(sde, sampler, x_init, heldout)
     steps = len(start) - 1
-    if steps < 2:
-        raise ValueError("a grid of 1 step has no interior time to fit")
     model = ModelViews(score_fn, sde)
     final = float(start[-1])
     tol = teacher_tol or (1e-9 if x_init.dtype == torch.float64 else 1e-6)
@@ -120,14 +133,10 @@ def fit_grid(
             g[0], g[-1] = float(start[0]), final
             return g
 
-        theta0 = theta_of_grid(sde, start)
-        simplex = np.vstack([theta0, theta0 + 0.5 * np.eye(len(theta0))])
-        result = scipy.optimize.minimize(
-            lambda th: math.log(error(grid_of(th), fit_part)), theta0, method="Nelder-Mead",
-            options={"maxfev": max_evals or 150 * (steps - 1), "initial_simplex": simplex, "xatol": 1e-3,
-                     "fatol": 1e-3, "adaptive": True},
-        )  # fmt: skip
-        fitted = grid_of(result.x)
+        def log_error(theta: np.ndarray) -> float:
+            return math.log(error(grid_of(theta), fit_part))
+
+        fitted = grid_of(_nelder_mead(log_error, theta_of_grid(sde, start), max_evals or 150 * (steps - 1)))
         train = (error(start, fit_part), error(fitted, fit_part))
         hold = (error(start, hold_part), error(fitted, hold_part))
     improved = hold[1] < hold[0]

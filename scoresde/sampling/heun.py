@@ -13,8 +13,7 @@ import math
 
 import torch
 
-from scoresde.sampling.base import GridOption, GridSampler, StepCallback, as_views, batch_times, progress_iter
-from scoresde.sampling.exponential import GridCoords
+from scoresde.sampling.base import GridOption, GridSampler, StepCallback, progress_iter, start_grid
 from scoresde.sde import LinearSDE
 from scoresde.utils import Generator, randn
 
@@ -39,10 +38,8 @@ def sample_heun(
     progress: bool | None = None,
 ) -> torch.Tensor:
     """EDM's Heun sampler from ``x`` at ``grid[0]`` to ``grid[-1]``: two model calls per step."""
-    model = as_views(model, sde)
-    coords = GridCoords.of(sde, grid)
+    model, coords, times = start_grid(sde, model, x, grid)
     sigma_hat, alpha = coords.sigma_hat, coords.alpha
-    times = batch_times(grid, x)
     n = len(grid) - 1
     y = x / alpha[0]
     for i in progress_iter(range(n), progress, "heun"):

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 
 import torch
 
-from scoresde.sampling.base import GridOption, ModelViews, SampleResult, ScoreFn, perturb
-from scoresde.sampling.pc import PCSampler, check_pc_choices, pc_settings, sample_pc
-from scoresde.sde import LinearSDE
+from scoresde.sampling import get_sampler
+from scoresde.sampling.base import SampleResult
+from scoresde.sampling.pc import check_pc_choices, pc_settings
+from scoresde.sde import LinearSDE, ScoreFn
 from scoresde.utils import Generator, randn
 
 
@@ -94,47 +95,31 @@ def replacement_sample(
     measurement: OrthogonalMeasurement,
     known: torch.Tensor,
     *,
-    predictor: str | None = None,
-    corrector: str | None = None,
-    snr: float | None = None,
-    n_steps: int = 1,
-    steps: int | None = None,
-    eps: float | None = None,
-    grid: GridOption = None,
-    denoise: bool = True,
     generator: Generator = None,
     x_init: torch.Tensor | None = None,
+    **options,
 ) -> SampleResult:
     """PC sampling of ``x`` given the known coordinates of ``Q x``, those of ``Q known`` (``known`` shaped like the
-    batch; its unknown part is ignored). Predictor/corrector defaults are the SDE's (``sde.pc_defaults``); ``steps``
-    defaults to ``sde.N``; ``grid``/``eps`` as every sampler's. NFE = ``steps * (1 + n_steps [if a corrector]) +
-    denoise``. The loop is :func:`~scoresde.sampling.pc.sample_pc` with the replacement as its ``constrain`` hook."""
-    options = PCSampler(predictor=predictor, corrector=corrector, snr=snr, n_steps=n_steps, steps=steps, eps=eps,
-                        grid=grid, denoise=denoise)  # fmt: skip
-    settings = pc_settings(sde, options.predictor, options.corrector, options.snr)
+    batch; its unknown part is ignored): the ``pc`` sampler (``options``: its ``predictor``, ``corrector``, ``snr``,
+    ``n_steps``, ``steps``, ``eps``, ``grid``, ``denoise``; defaults the SDE's ``sde.pc_defaults`` and ``sde.N``
+    steps) with the replacement as its ``constrain`` hook. NFE = ``steps * (1 + n_steps [if a corrector]) +
+    denoise``."""
+    sampler = get_sampler("pc", dtype=known.dtype, **options)
+    settings = pc_settings(sde, sampler.predictor, sampler.corrector, sampler.snr)
     check_pc_choices(settings["predictor"], settings["corrector"], allow_no_predictor=False)
-    if x_init is not None and x_init.shape != known.shape:
-        raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {tuple(known.shape)}")
-    options.check(sde)
-    model = ModelViews(score_fn, sde)
     z0 = measurement.decouple(known)
 
     def replace_known(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The known part set to a fresh forward-noised draw of the measurement at the time ``t`` reached."""
         noise = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        return measurement.replace(x, perturb(sde, z0.to(x.dtype), t, noise))
+        return measurement.replace(x, sde.perturb(z0.to(x.dtype), t, noise))
 
-    with torch.no_grad():
-        x = sde.prior_sampling(known.shape, generator=generator, device=known.device, dtype=known.dtype)
-        if x_init is not None:
-            x = x_init.to(device=known.device, dtype=known.dtype)
-        grid_times = options.time_grid(sde)
-        x = sample_pc(sde, model, x, grid_times, generator, **settings, n_steps=options.n_steps,
-                      constrain=replace_known)  # fmt: skip
-        if denoise:
-            x = model.x0(x, float(grid_times[-1]))
-        x = measurement.replace(x, z0.to(x.dtype))
-    return SampleResult(samples=x, nfe=model.nfe)
+    sampler.constrain = replace_known
+    if x_init is not None:
+        x_init = x_init.to(device=known.device, dtype=known.dtype)
+    result = sampler(sde, score_fn, known.shape, generator, known.device, x_init)
+    result.samples = measurement.replace(result.samples, z0.to(result.samples.dtype))
+    return result
 
 
 def inpaint(sde: LinearSDE, score_fn: ScoreFn, known: torch.Tensor, mask: torch.Tensor, **options) -> SampleResult:

@@ -37,6 +37,12 @@ def flow_field(
     return field
 
 
+def check_final_time_below_T(sde: LinearSDE, eps: float | None) -> None:
+    """The final time (``eps``, or the SDE's) must lie below ``T`` for an integration from ``T`` to it."""
+    if not final_time(sde, eps) < sde.T:
+        raise ValueError(f"eps (the final time) must be < T = {sde.T}, got {final_time(sde, eps)}")
+
+
 def check_tolerances(rtol: float, atol: float) -> None:
     for name, value in (("rtol", rtol), ("atol", atol)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -78,8 +84,8 @@ class ODESampler(GridSampler):
     def check(self, sde: LinearSDE) -> None:
         if self.method in FIXED:
             super().check(sde)
-        elif not final_time(sde, self.eps) < sde.T:
-            raise ValueError(f"eps (the final time) must be < T = {sde.T}, got {final_time(sde, self.eps)}")
+        else:
+            check_final_time_below_T(sde, self.eps)
 
     def sample(self, sde, model, x, generator, callback):
         if self.method in FIXED:
@@ -130,8 +136,7 @@ class ScipyODESampler(Sampler):
         self.denoise, self.dtype = bool(denoise), dtype
 
     def check(self, sde: LinearSDE) -> None:
-        if not final_time(sde, self.eps) < sde.T:
-            raise ValueError(f"eps (the final time) must be < T = {sde.T}, got {final_time(sde, self.eps)}")
+        check_final_time_below_T(sde, self.eps)
 
     def sample(self, sde, model, x, generator, callback):
         eps = final_time(sde, self.eps)

@@ -91,6 +91,8 @@ class PCSampler(GridSampler):
     ``steps`` defaults to ``sde.N``."""
 
     name = "pc"
+    #: A per-run hook, not an option: inverse problems set it (:func:`~scoresde.sampling.inverse.replacement_sample`).
+    constrain: Constraint | None = None
 
     def __init__(
         self,
@@ -119,7 +121,8 @@ class PCSampler(GridSampler):
     def run(self, sde, model, x, grid, generator, callback):
         settings = pc_settings(sde, self.predictor, self.corrector, self.snr)
         return sample_pc(sde, model, x, grid, generator, callback, **settings, n_steps=self.n_steps,
-                         probability_flow=self.probability_flow, progress=self.progress)  # fmt: skip
+                         probability_flow=self.probability_flow, constrain=self.constrain,
+                         progress=self.progress)  # fmt: skip
 
 
 class PredictorSampler(GridSampler):

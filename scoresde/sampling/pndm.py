@@ -15,15 +15,16 @@ import numpy as np
 import torch
 
 from scoresde.sampling.base import (
+    GridCoords,
     GridOption,
     GridSampler,
     ModelViews,
     StepCallback,
-    as_views,
-    batch_times,
     progress_iter,
+    start_grid,
+    x0_from_eps,
 )
-from scoresde.sampling.exponential import GridCoords, LinearSteps, cached_per_grid, check_choice, combine
+from scoresde.sampling.exponential import LinearSteps, cached_per_grid, check_choice, combine
 from scoresde.sde import LinearSDE
 from scoresde.utils import Generator
 
@@ -109,17 +110,15 @@ def sample_pndm(
     progress: bool | None = None,
 ) -> torch.Tensor:
     """PNDM from ``x`` at ``grid[0]`` to ``grid[-1]``: warm-up steps of 4 (``f``) or 2 (``s``) calls, then 1."""
-    model = as_views(model, sde)
-    coords = GridCoords.of(sde, grid)
+    model, coords, times = start_grid(sde, model, x, grid)
     steps = pndm_steps(coords, variant)
     order, warm = VARIANTS[variant]
-    times = batch_times(grid, x)
     history: list[torch.Tensor] = []  # eps_hat at the previous grid points, newest first
     for i in progress_iter(range(len(grid) - 1), progress, f"pndm-{variant}"):
         eps_hat = model.eps(x, times[i], coords.alpha[i], coords.sigma[i])
         history = [eps_hat, *history][:order]
         if callback is not None:
-            denoised = (x - coords.sigma[i] * eps_hat) / coords.alpha[i]
+            denoised = x0_from_eps(x, eps_hat, coords.alpha[i], coords.sigma[i])
             callback({"i": i, "t": coords.times[i], "x": x, "denoised": denoised})
         if i < warm:
             x = pseudo_runge_kutta(sde, model, x, eps_hat, coords, i, variant, times[i + 1])

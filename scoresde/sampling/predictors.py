@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from scoresde.sampling.base import ModelViews, ScoreFn, as_views
-from scoresde.sde import LinearSDE
+from scoresde.sampling.base import ModelViews, as_views
+from scoresde.sde import LinearSDE, ScoreFn
 from scoresde.utils import Generator, batch_broadcast, randn
 
 Predictor = Callable[..., tuple[torch.Tensor, torch.Tensor]]
@@ -54,8 +54,13 @@ def grid_schedules(sde: LinearSDE, grid: torch.Tensor) -> list[StepSchedule]:
     return [StepSchedule(*row) for row in zip(*(c.tolist() for c in columns), strict=True)]
 
 
-def _noise(x: torch.Tensor, generator: Generator) -> torch.Tensor:
-    return randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+def _with_noise(
+    x_mean: torch.Tensor, std: Scalar, generator: Generator, probability_flow: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x_mean + std z, x_mean)``; on the probability flow (deterministic) ``(x_mean, x_mean)``."""
+    if probability_flow:
+        return x_mean, x_mean
+    return x_mean + std * randn(x_mean.shape, generator=generator, device=x_mean.device, dtype=x_mean.dtype), x_mean
 
 
 def euler_maruyama_update(
@@ -70,9 +75,7 @@ def euler_maruyama_update(
     noise), Song et al. 2021, Eq. 6 and 13."""
     weight = 0.5 if probability_flow else 1.0
     x_mean = x + (step.drift_coef * x - weight * step.diffusion_sq * model.score(x, t)) * step.dt
-    if probability_flow:
-        return x_mean, x_mean
-    return x_mean + (step.diffusion_sq * -step.dt) ** 0.5 * _noise(x, generator), x_mean
+    return _with_noise(x_mean, (step.diffusion_sq * -step.dt) ** 0.5, generator, probability_flow)
 
 
 def reverse_diffusion_update(
@@ -88,9 +91,7 @@ def reverse_diffusion_update(
     weight = 0.5 if probability_flow else 1.0
     alpha_ts = step.alpha_t / step.alpha_s
     x_mean = (2 - alpha_ts) * x + weight * step.transition_var * model.score(x, t)
-    if probability_flow:
-        return x_mean, x_mean
-    return x_mean + step.transition_var**0.5 * _noise(x, generator), x_mean
+    return _with_noise(x_mean, step.transition_var**0.5, generator, probability_flow)
 
 
 def ancestral_update(
@@ -113,7 +114,7 @@ def ancestral_update(
     var_t, var_s, v = step.sigma_t**2, step.sigma_s**2, step.transition_var
     x0 = model.x0(x, t, step.alpha_t, step.sigma_t)
     x_mean = (step.alpha_t / step.alpha_s * var_s / var_t) * x + (step.alpha_s * v / var_t) * x0
-    return x_mean + (v * var_s / var_t) ** 0.5 * _noise(x, generator), x_mean
+    return _with_noise(x_mean, (v * var_s / var_t) ** 0.5, generator, False)
 
 
 UPDATES = {

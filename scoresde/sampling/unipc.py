@@ -23,11 +23,10 @@ import math
 import numpy as np
 import torch
 
-from scoresde.sampling.base import GridOption, GridSampler, StepCallback, as_views
+from scoresde.sampling.base import GridCoords, GridOption, GridSampler, StepCallback, start_grid
 from scoresde.sampling.dpm_solver import step_orders
 from scoresde.sampling.exponential import (
     PREDICTIONS,
-    GridCoords,
     LinearSteps,
     basis,
     cached_per_grid,
@@ -134,9 +133,9 @@ def sample_unipc(
     progress: bool | None = None,
 ) -> torch.Tensor:
     """Multistep UniPC from ``x`` at ``grid[0]`` to ``grid[-1]``: one model call per step."""
-    coords = GridCoords.of(sde, grid)
+    model, coords, times = start_grid(sde, model, x, grid)
     steps = unipc_steps(coords, order, variant, prediction, unic, lower_order_final)
-    return run_linear_steps(as_views(model, sde), x, coords, steps, callback, progress, "unipc")
+    return run_linear_steps(model, x, coords, times, steps, callback, progress, "unipc")
 
 
 class UniPCSampler(GridSampler):

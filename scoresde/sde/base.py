@@ -169,6 +169,11 @@ class LinearSDE(SDE):
         """Half log-SNR ``lambda(t) = log(alpha(t) / sigma(t))``, decreasing in ``t``."""
         return self.marginal_log_mean_coeff(t) - torch.log(self.marginal_std(t))
 
+    def perturb(self, x0: torch.Tensor, t: float | torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """A draw of the forward marginal ``x_t = alpha_t x0 + sigma_t z`` given the noise ``z`` (Eq. 29, App. B)."""
+        t = as_time(t, x0)
+        return batch_broadcast(self.marginal_alpha(t), x0) * x0 + batch_broadcast(self.marginal_std(t), x0) * z
+
     def transition_var(self, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """Variance of ``x_t | x_s`` for ``s <= t``: ``sigma_t^2 - alpha_{t|s}^2 sigma_s^2``."""
         a_ts = torch.exp(2 * (self.marginal_log_mean_coeff(t) - self.marginal_log_mean_coeff(s)))

@@ -52,35 +52,35 @@ class _LinearBeta(_VarPreserving):
         if beta_max <= 0:
             raise ValueError(f"beta_max must be > 0, got {beta_max}")
         super().__init__(N)
-        self.beta_0 = float(beta_min)
-        self.beta_1 = float(beta_max)
+        self.beta_min = float(beta_min)
+        self.beta_max = float(beta_max)
 
     def beta(self, t: torch.Tensor) -> torch.Tensor:
-        return self.beta_0 + t * (self.beta_1 - self.beta_0)
+        return self.beta_min + t * (self.beta_max - self.beta_min)
 
     def marginal_log_mean_coeff(self, t: torch.Tensor) -> torch.Tensor:
-        return -0.25 * t**2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
+        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
 
     def inverse_lambda(self, lam: torch.Tensor) -> torch.Tensor:
         # alpha^2 = sigmoid(2 lambda), so log alpha = -softplus(-2 lambda) / 2.
         return self._t_from_log_alpha(-0.5 * F.softplus(-2 * lam))
 
     def _t_from_log_alpha(self, m: torch.Tensor) -> torch.Tensor:
-        # Root of (b1 - b0) t^2 / 4 + b0 t / 2 + m = 0, written without cancellation.
-        delta = self.beta_1 - self.beta_0
-        return -4 * m / (self.beta_0 + torch.sqrt(self.beta_0**2 - 4 * delta * m))
+        # Root of (beta_max - beta_min) t^2 / 4 + beta_min t / 2 + m = 0, written without cancellation.
+        delta = self.beta_max - self.beta_min
+        return -4 * m / (self.beta_min + torch.sqrt(self.beta_min**2 - 4 * delta * m))
 
     # Reference-code conveniences (DDPM's discrete schedule with N steps).
     @property
     def discrete_betas(self) -> torch.Tensor:
-        return torch.linspace(self.beta_0 / self.N, self.beta_1 / self.N, self.N)
+        return torch.linspace(self.beta_min / self.N, self.beta_max / self.N, self.N)
 
     @property
     def alphas_cumprod(self) -> torch.Tensor:
         return torch.cumprod(1.0 - self.discrete_betas, dim=0)
 
     def _params(self) -> dict:
-        return {"beta_min": self.beta_0, "beta_max": self.beta_1, "N": self.N}
+        return {"beta_min": self.beta_min, "beta_max": self.beta_max, "N": self.N}
 
 
 class VPSDE(_LinearBeta):
