@@ -16,6 +16,7 @@ import torch
 from scoresde.distributed import DistInfo, gather_to_main, interleave, my_share
 from scoresde.sampling import Sampler
 from scoresde.sampling.base import progress_iter
+from scoresde.sde import ScoreFn
 from scoresde.utils import derived_seed
 
 
@@ -35,7 +36,7 @@ def sample_seed(seed: int, k: int) -> int:
 
 
 def generate(
-    score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    score_fn: ScoreFn,
     sde,
     data_shape: Sequence[int],
     n: int,
