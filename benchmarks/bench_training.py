@@ -229,8 +229,9 @@ def print_tables(res2d: dict, resdig: dict) -> None:
             cells = [f"{v['sw2_x_floor']:.2f}x / {v['logp_bias']:+.3f}" for v in row["samplers"].values()]
             print(f"| {key.replace('|', ' | ')} | {row['train_s']:.0f} | " + " | ".join(cells) + " |")
     if resdig:
-        print("\n| digits recipe | train s | " + " | ".join(f"{k} (NFE)" for k in SAMPLERS_DIGITS) + " |")
-        print("|---|---|" + "---|" * len(SAMPLERS_DIGITS))
+        names = list(next(iter(resdig.values()))["samplers"])
+        print("\n| digits recipe | train s | " + " | ".join(f"{k} (NFE)" for k in names) + " |")
+        print("|---|---|" + "---|" * len(names))
         for recipe, row in resdig.items():
             cells = [f"{v['frechet']:.1f} ({v['nfe']})" for v in row["samplers"].values()]
             print(f"| {recipe} | {row['train_s']:.0f} | " + " | ".join(cells) + " |")

@@ -115,3 +115,26 @@ def test_short_training_gives_good_ode_samples(tmp_path, recipe):
     entropy = float(mix.log_prob(mix.sample(100_000, generator=g)).mean())
     assert abs(float(mix.log_prob(x).mean()) - entropy) < 0.5
     assert math.isfinite(float(x.abs().max()))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ([], "edm"),  # the main job: digits_ddpmpp with EDM preconditioning
+        (["model.parameterization=eps"], "dsm"),  # the reference recipe
+        (["model=mlp"], "edm"),
+        (["model=mlp", "model.parameterization=v"], "dsm"),
+        (["model.parameterization=eps", "loss.name=edm"], "edm"),  # an explicit choice is kept
+    ],
+)
+def test_loss_auto_follows_the_parameterization(overrides, expected):
+    """``loss.name=auto`` (the default) is resolved when the config is parsed, so the stored config names the loss
+    that was used and a resumed run compares equal."""
+    from scoresde.schema import to_yaml
+    from scoresde.training.build import parse_train_config
+    from tests.configs import compose_config
+
+    cfg = parse_train_config(compose_config("train", *overrides))
+    assert cfg.loss.name == expected
+    again = parse_train_config(to_yaml(cfg))
+    assert again.loss.name == expected

@@ -23,6 +23,8 @@ def parse_train_config(data: Any, what: str = "training config") -> TrainConfig:
     if isinstance(data, dict):  # plain data may come from an older version (a Hydra config is current)
         data = migrate_stored_config(data)
     cfg = parse(TrainConfig, data, what)
+    if cfg.loss.name == "auto":  # the loss that matches the parameterization (stored resolved, so resumes agree)
+        cfg.loss.name = "edm" if cfg.model.parameterization == "edm" else "dsm"
     check_train_config(cfg)
     return cfg
 

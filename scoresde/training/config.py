@@ -44,7 +44,7 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "dsm"  # dsm | ddpm | smld | edm
+    name: str = "auto"  # auto (edm for model.parameterization=edm, else dsm) | dsm | ddpm | smld | edm
     eps: float = 1e-5
     reduce_mean: bool = True
     weighting: str = "sigma2"  # sigma2 | likelihood | edm (dsm)
