@@ -7,8 +7,9 @@ Every method trains with the same small loop (DSM loss of scoresde.losses on the
 clipping, EMA 0.999, batch 64, one thread) for the same budget of *CPU seconds of this process* (``time.process_time``:
 on a shared machine wall time would measure the neighbours), then draws ``--n`` samples with DPM-Solver (20 steps)
 and is scored by the Fréchet distance in the features of the MNIST classifier (scoresde.mnist_metrics) against the
-500 held-out images. The loop is our own because the trainer cannot yet train on latents or with low-resolution
-conditioning; it uses the library's pieces (losses, EMA, samplers, conditioned(), SuperResNet, the autoencoder).
+500 held-out images. The loop is our own because the trainer stops after a number of steps, not of CPU seconds; it
+uses the library's pieces (losses, EMA, samplers, conditioned(), SuperResNet, the autoencoder), the ones
+``train.py latent.autoencoder=...`` and ``train.py task=superres`` train with.
 
 Methods: ``unet`` (model=ddpmpp at 28x28), ``dit`` (model=dit_mnist: 4x4 patches), ``latent_dit`` (the autoencoder's
 4x7x7 latents, DiT with 1x1 patches; the autoencoder's own training time is reported apart), ``cascade`` (a U-Net at

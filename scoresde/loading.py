@@ -39,14 +39,30 @@ class LoadedModel:
     centered: bool = True  # images in [-1, 1] (True) or [0, 1] (False) in the model's space
     source: str = ""  # the file the weights came from
     kind: str = "scoresde"  # scoresde | reference | diffusers
+    autoencoder: Any = None  # latent runs (latent.autoencoder): the Autoencoder whose latents the model samples
+    task: str = "generate"  # generate | superres (a SuperResNet: sample with low_res= conditioning)
 
     @property
     def is_image(self) -> bool:
-        return len(self.data_shape) == 3
+        """Whether samples are images in the model's pixel space (latents of an autoencoder are not)."""
+        return len(self.data_shape) == 3 and self.autoencoder is None
+
+    @property
+    def is_latent(self) -> bool:
+        return self.autoencoder is not None
+
+    @property
+    def low_res_shape(self) -> tuple[int, ...] | None:
+        """The shape of one low-resolution input of a super-resolution model (``None`` for other models)."""
+        return tuple(self.model.net.low_res_shape) if self.task == "superres" else None
 
     @property
     def to_unit(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """Model-space images -> [0, 1] (``None`` for low-dimensional data, which has no pixel range)."""
+        if self.autoencoder is not None:
+            from scoresde.training.latent import latent_to_unit
+
+            return latent_to_unit(self.autoencoder)  # decoded images
         if not self.is_image:
             return None
         from scoresde.data import from_model_range
@@ -130,7 +146,10 @@ def build_trained(config_text: Any, data_shape: tuple[int, ...], source: str):
 def _finish(model, state: dict, source: str, what: str, sde, cfg, shape) -> LoadedModel:
     load_state_strict(model, state, source, what)
     model.data_shape = shape  # the shape of one sample, for samplers
-    return LoadedModel(model.eval(), sde, shape, cfg, bool(cfg.model.centered), source, "scoresde")
+    from scoresde.training.latent import run_autoencoder
+
+    ae = run_autoencoder(cfg, shape, source)  # latent runs: the decoder, checked against the stored hash
+    return LoadedModel(model.eval(), sde, shape, cfg, bool(cfg.model.centered), source, "scoresde", ae, cfg.task)
 
 
 def _load_checkpoint(file: Path, state: dict, use_ema: bool) -> LoadedModel:

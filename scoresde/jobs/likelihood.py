@@ -2,6 +2,10 @@
 ODE, in bits/dim for quantized data (uniformly dequantized ``repeats`` times, offset ``log2(L / (hi - lo))`` for ``L``
 levels and the model's data range, :func:`scoresde.likelihood.bits_per_dim`) and in nats per sample for continuous
 data. Writes ``likelihood.json`` and prints a table.
+
+A latent-diffusion run (``latent.autoencoder``) is evaluated on the latents ``z = E(x)`` of the data: the result is
+the negative log-likelihood of the latents, ``nll_latent_nats`` per sample and ``bits_per_latent_dim``, which is *not*
+a likelihood of the images (it has no decoder term, and the latent scale changes it by ``D log(scale)``).
 """
 
 from __future__ import annotations
@@ -78,6 +82,8 @@ def _run(cfg: LikelihoodConfig, out_dir: str | Path, dist) -> dict | None:
 
     loaded = load_model(cfg.ckpt, use_ema=cfg.use_ema, official_config=cfg.official_config)
     require(cfg.eps < loaded.sde.T, "eps", cfg.eps, f"must be below the SDE's end time T = {loaded.sde.T}")
+    if loaded.task == "superres":
+        raise ConfigError(f"{cfg.ckpt!r} is a super-resolution model; likelihood.py evaluates unconditional models")
     if cfg.data is not None:
         data = cfg.data
     elif loaded.kind == "scoresde":
@@ -88,6 +94,9 @@ def _run(cfg: LikelihoodConfig, out_dir: str | Path, dist) -> dict | None:
     ds = load_dataset(**data_cfg)
     x = ds.test if cfg.split == "test" else ds.train
     x = x[: cfg.n] if cfg.n is not None else x
+    levels = ds.levels
+    if loaded.is_latent:
+        x, levels = _latents(loaded.autoencoder, x), None
     if tuple(x.shape[1:]) != tuple(loaded.data_shape):
         raise ConfigError(f"data samples have shape {tuple(x.shape[1:])}, the model takes {tuple(loaded.data_shape)}")
     model = loaded.model.to(dist.device).eval()
@@ -101,8 +110,8 @@ def _run(cfg: LikelihoodConfig, out_dir: str | Path, dist) -> dict | None:
     for start in progress_iter(my_share(starts, dist), None if dist.is_main else False, "likelihood"):
         batch = x[start : start + cfg.batch_size].to(dist.device)
         gens = [torch.Generator().manual_seed(sample_seed(cfg.seed, start + i)) for i in range(len(batch))]
-        if ds.levels:
-            v, calls = _bits_per_dim(loaded.sde, model, batch, ds.levels, data_range, cfg.repeats, gens, options)
+        if levels:
+            v, calls = _bits_per_dim(loaded.sde, model, batch, levels, data_range, cfg.repeats, gens, options)
         else:
             v, calls = _nats(loaded.sde, model, batch, gens, options)
         values.append(v)
@@ -112,9 +121,11 @@ def _run(cfg: LikelihoodConfig, out_dir: str | Path, dist) -> dict | None:
         return None
     v = torch.cat(interleave([share for share, _ in shares], len(starts)))
     stderr = float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float("nan")
-    result = {"metric": "bits/dim" if ds.levels else "nats/sample", "mean": float(v.mean()), "stderr": stderr,
+    result = {"metric": "bits/dim" if levels else "nats/sample", "mean": float(v.mean()), "stderr": stderr,
               "n": len(v), "nfe": sum(calls for _, calls in shares)}  # fmt: skip
-    if ds.levels:
+    if loaded.is_latent:
+        result.update(_latent_metrics(v, loaded.data_shape, loaded.config.latent.autoencoder))
+    if levels:
         result.update(repeats=cfg.repeats, levels=ds.levels, data_range=list(data_range))
     result.update(wall_s=time.perf_counter() - start_time, ckpt=str(cfg.ckpt), data=data_cfg.get("kind"),
                   split=cfg.split, processes=dist.world_size,
@@ -126,6 +137,27 @@ def _run(cfg: LikelihoodConfig, out_dir: str | Path, dist) -> dict | None:
     print(f"| {result['data']} | {cfg.split} | {result['n']} | {result['mean']:.4f} | {result['stderr']:.4f} | "
           f"{result['nfe']} | {result['wall_s']:.1f} |")  # fmt: skip
     return result
+
+
+def _latents(autoencoder, images) -> torch.Tensor:
+    from scoresde.training.latent import encode_images
+
+    if tuple(images.shape[1:]) != tuple(autoencoder.data_shape):
+        raise ConfigError(
+            f"the autoencoder encodes images {autoencoder.data_shape}, the data are {tuple(images.shape[1:])}"
+        )
+    return encode_images(autoencoder, images)
+
+
+def _latent_metrics(logp: torch.Tensor, latent_shape, autoencoder: str) -> dict:
+    """The latent NLL, named as such: ``nll_latent_nats = -log p(z)`` per sample, and per latent dimension in bits."""
+    dims = math.prod(latent_shape)
+    nll = -logp.double()
+    stderr = float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else float("nan")
+    return {"metric": "nll_latent_nats", "mean": float(nll.mean()), "stderr": stderr,
+            "bits_per_latent_dim": float(nll.mean()) / (dims * math.log(2)), "latent_shape": list(latent_shape),
+            "autoencoder": autoencoder,
+            "note": "negative log-likelihood of the autoencoder's latents z = E(x), not of the images"}  # fmt: skip
 
 
 def _bits_per_dim(sde, model, batch, levels: int, data_range, repeats: int, gens, options) -> tuple[torch.Tensor, int]:

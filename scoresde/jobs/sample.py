@@ -46,6 +46,8 @@ class SampleConfig:
     fit_grid: bool = False  # fit the sampler's time grid to this model (cached in the model's directory)
     fit_points: int = 256  # prior draws the fit matches (seeded by `seed`)
     fit_max_evals: int | None = None  # cap on the fit's objective evaluations (null: the optimizer's default)
+    low_res: str | None = None  # super-resolution runs (task=superres): the low-resolution images, sample k <- image k
+    low_res_aug: float = 0.0  # noise-conditioning augmentation level of low_res at sampling (Ho et al. 2022, 4.4)
 
 
 def check(cfg: SampleConfig) -> None:
@@ -64,6 +66,9 @@ def check(cfg: SampleConfig) -> None:
     require(cfg.fit_points >= 2, "fit_points", cfg.fit_points, "must be >= 2 (half of them check the fit)")
     require(cfg.fit_max_evals is None or cfg.fit_max_evals >= 1, "fit_max_evals", cfg.fit_max_evals, "must be >= 1")
     require(not (cfg.fit_grid and inverse), "fit_grid", cfg.fit_grid, "grids are fitted for plain sampling")
+    require(0 <= cfg.low_res_aug < 1, "low_res_aug", cfg.low_res_aug, "must lie in [0, 1)")
+    require(cfg.low_res is None or not (inverse or cfg.fit_grid), "low_res", cfg.low_res,
+            "super-resolution is not combined with mask= / gray= / fit_grid=true")  # fmt: skip
 
 
 def build_sampler(node: Any):
@@ -130,19 +135,25 @@ def _run(cfg: SampleConfig, sampler, out_dir: str | Path, dist) -> dict[str, Pat
         sampler = build_sampler(node)
         _check_sampler(cfg, sampler, False)
     model = loaded.model.to(dist.device).eval()
+    low = low_res_inputs(cfg, loaded)  # super-resolution: checked before any sampling
     g = cfg.guidance
     score_fn = guided_score(model, cfg.label, g.kind, g.scale, g.classifier, loaded.sde, loaded.centered)
     fitted = None
     if cfg.fit_grid:
         sampler, fitted = _fitted(cfg, loaded, score_fn, sampler, dist)
-    if cfg.mask is not None or cfg.gray is not None:
+    if low is not None:
+        res = generate_superres(cfg, loaded, model, low, sampler, dist)
+    elif cfg.mask is not None or cfg.gray is not None:
         res = solve_inverse(cfg, loaded, score_fn, sampler, dist.device, dist)
     else:
         res = generate(score_fn, loaded.sde, loaded.data_shape, cfg.n, sampler, seed=cfg.seed, first=cfg.first,
                        batch_size=cfg.batch_size, device=dist.device, progress=cfg.progress, dist=dist)  # fmt: skip
     if res is None:  # not rank 0
         return None
-    paths = save_samples(out_dir, res, loaded.to_unit)
+    paths = save_samples(out_dir, res, loaded.to_unit)  # latent runs: decoded images
+    if loaded.is_latent:  # the latents as sampled, beside the decoded images
+        paths["latents"] = Path(out_dir) / "latents.npz"
+        np.savez(paths["latents"], arr_0=res.samples.float().numpy(), seeds=res.seeds)
     info = {**to_dict(cfg), "sampler": node, "nfe_per_sample": res.nfe, "processes": dist.world_size}
     if fitted is not None:
         info["fitted_grid"] = fitted
@@ -174,6 +185,57 @@ def _fitted(cfg: SampleConfig, loaded, score_fn, sampler, dist):
         print(f"[scoresde] time grid of {len(grid) - 1} steps {how} {cache}{'' if cached else ')'}", flush=True)
     record = broadcast_object(record, dist)
     return sampler.with_grid(torch.tensor(record["times"], dtype=torch.float64)), record
+
+
+def low_res_inputs(cfg: SampleConfig, loaded) -> torch.Tensor | None:
+    """The ``low_res`` images of a super-resolution model in its range, ``(n, *low_res_shape)`` for samples ``first ..
+    first + n - 1`` (``None`` for other models); a missing, unreadable or wrong-shaped file is refused, naming it."""
+    from scoresde.data import to_model_range
+    from scoresde.io import as_images01, read_array
+
+    shape = loaded.low_res_shape
+    if shape is None:
+        require(cfg.low_res is None, "low_res", cfg.low_res, "only super-resolution runs (task=superres) take it")
+        return None
+    size = f"{shape[1]}x{shape[2]}"
+    if cfg.low_res is None:
+        raise ConfigError(f"low_res: {loaded.source!r} is a super-resolution model; give low_res=<.npz of {size} "
+                          "images>, e.g. the samples.npz of a base model's sample.py run")  # fmt: skip
+    try:
+        images = as_images01(read_array(cfg.low_res, "low_res"), "low_res", shape[0])
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"low_res: {err}") from None
+    last = cfg.first + cfg.n
+    if len(images) < last or tuple(images.shape[1:]) != shape:
+        raise ConfigError(f"low_res={cfg.low_res!r}: need {size} images (shape {shape}) at indices {cfg.first}.."
+                          f"{last - 1}; the file holds {len(images)} of shape {tuple(images.shape[1:])}")  # fmt: skip
+    return to_model_range(images[cfg.first : last], loaded.centered)
+
+
+def generate_superres(cfg: SampleConfig, loaded, model, low: torch.Tensor, sampler, dist):
+    """Sample ``k`` conditioned on ``low[k - first]`` through :func:`scoresde.conditioning.conditioned`, with any
+    sampler (and guidance); seeded like sample ``k`` of an unconditional run, the augmentation noise of
+    ``low_res_aug > 0`` from its own stream. Batches shared over the ranks like :func:`scoresde.generate.generate`."""
+    from scoresde.conditioning import conditioned
+    from scoresde.generate import GenerateResult, run_batches, sample_seed
+    from scoresde.guidance import guided_score
+    from scoresde.utils import derived_seed
+
+    g, device = cfg.guidance, dist.device
+    seeds = [sample_seed(cfg.seed, k) for k in range(cfg.first, cfg.first + cfg.n)]
+
+    def batch(start: int, stop: int) -> tuple[torch.Tensor, int]:
+        gens = [torch.Generator().manual_seed(s) for s in seeds[start:stop]]
+        aug_gens = [torch.Generator().manual_seed(derived_seed(s, 1)) for s in seeds[start:stop]]
+        cond = model.net.sampling_conditioning(low[start:stop].to(device), cfg.low_res_aug, aug_gens)
+        score_fn = guided_score(conditioned(model, **cond), cfg.label, g.kind, g.scale, g.classifier, loaded.sde,
+                                loaded.centered)  # fmt: skip
+        with torch.no_grad():
+            res = sampler(loaded.sde, score_fn, (stop - start, *loaded.data_shape), generator=gens, device=device)
+        return res.samples, res.nfe
+
+    done = run_batches(cfg.n, cfg.batch_size, batch, dist, cfg.progress)
+    return None if done is None else GenerateResult(done[0], np.array(seeds, dtype=np.uint64), done[1])
 
 
 def solve_inverse(cfg: SampleConfig, loaded, score_fn, sampler, device, dist=None):
@@ -219,4 +281,13 @@ def solve_inverse(cfg: SampleConfig, loaded, score_fn, sampler, device, dist=Non
     return None if done is None else GenerateResult(done[0], np.array(seeds, dtype=np.uint64), done[1])
 
 
-__all__ = ["GuidanceConfig", "SampleConfig", "build_sampler", "check", "run", "solve_inverse"]
+__all__ = [
+    "GuidanceConfig",
+    "SampleConfig",
+    "build_sampler",
+    "check",
+    "generate_superres",
+    "low_res_inputs",
+    "run",
+    "solve_inverse",
+]

@@ -49,6 +49,21 @@ def check_buildable(cfg: TrainConfig) -> None:
         registry.check(cfg.optim.scheduler, "optim.scheduler")
 
 
+def net_factory(cfg: TrainConfig):
+    """``make_net(data_shape)``: ``model.net`` for that shape; with ``task=superres`` a
+    :class:`~scoresde.nets.SuperResNet` around ``model.net`` built for ``(2 C + 1, H, W)`` inputs (Ho et al. 2022)."""
+
+    def plain(data_shape):
+        return registry.build(cfg.model.net, "model.net", data_shape=list(data_shape))
+
+    if cfg.task != "superres":
+        return plain
+    from scoresde.nets.superres import SuperResNet
+
+    sr = cfg.superres
+    return lambda shape: SuperResNet(plain, sr.factor, data_shape=shape, aug_max=sr.aug_max, upsample=sr.upsample)
+
+
 def build_setup(cfg: TrainConfig):
     """The SDE, the network / optimizer / scheduler factories and the config text a run stores."""
     from scoresde.training.trainer import Setup
@@ -61,11 +76,11 @@ def build_setup(cfg: TrainConfig):
         raise ConfigError("optim.optimizer and optim.scheduler need _partial_: true (they get the parameters later)")
     return Setup(
         sde=sde,
-        make_net=lambda shape: registry.build(cfg.model.net, "model.net", data_shape=list(shape)),
+        make_net=net_factory(cfg),
         make_optimizer=optimizer,
         make_scheduler=scheduler,
         config_yaml=to_yaml(cfg),
     )
 
 
-__all__ = ["build_preview_sampler", "build_setup", "check_buildable", "parse_train_config"]
+__all__ = ["build_preview_sampler", "build_setup", "check_buildable", "net_factory", "parse_train_config"]

@@ -88,6 +88,29 @@ class TrainerConfig:
     tensorboard: bool = True  # when tensorboard is installed
 
 
+# --- the diffusion family (issue 16): latent diffusion and cascaded super-resolution --------------------------
+@dataclass
+class LatentConfig:
+    """Latent diffusion (Rombach et al. 2022): train on the latents of an autoencoder of train_autoencoder.py."""
+
+    autoencoder: str | None = None  # autoencoder.safetensors; null: train on the data itself
+    sha256: str | None = None  # its content hash; filled in by the trainer, checked whenever the run is loaded
+    cache_dir: str | None = None  # where the encoded latents are cached (null: beside the autoencoder file)
+
+
+@dataclass
+class SuperResConfig:
+    """Cascaded super-resolution (Ho et al. 2022): the net conditioned on ``downsample(x, factor)``."""
+
+    factor: int = 2
+    aug_max: float = 0.3  # noise-conditioning augmentation levels s ~ U(0, aug_max) in training (Sec. 4.4)
+    upsample: str = "bilinear"  # nearest | bilinear | bicubic: how the low-res input is brought to full size
+
+
+TASKS = ("generate", "superres")
+# --- end of the diffusion family's sections ---------------------------------------------------------------------
+
+
 @dataclass
 class TrainConfig:
     seed: int = 0
@@ -97,6 +120,9 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    task: str = "generate"  # generate | superres (TASKS)
+    latent: LatentConfig = field(default_factory=LatentConfig)
+    superres: SuperResConfig = field(default_factory=SuperResConfig)
 
 
 class LinearWarmup:
@@ -161,6 +187,24 @@ def check_train_config(cfg: TrainConfig) -> None:
     d = cfg.data
     require(d.n_train >= 1 and d.n_test >= 1, "data.n_train/n_test", (d.n_train, d.n_test), "must be >= 1")
     require(d.image_size is None or d.image_size >= 1, "data.image_size", d.image_size, "must be >= 1 or null")
+    check_family(cfg)
+
+
+def check_family(cfg: TrainConfig) -> None:
+    """``task``, ``latent`` and ``superres`` (diffusion family, issue 16)."""
+    from scoresde.nets.superres import UPSAMPLE_MODES
+    from scoresde.schema import require
+
+    require(cfg.task in TASKS, "task", cfg.task, f"choose one of {TASKS}")
+    sr, lat = cfg.superres, cfg.latent
+    require(sr.factor >= 2, "superres.factor", sr.factor, "must be an integer >= 2")
+    require(0 <= sr.aug_max < 1, "superres.aug_max", sr.aug_max, "must lie in [0, 1)")
+    require(sr.upsample in UPSAMPLE_MODES, "superres.upsample", sr.upsample, f"choose one of {UPSAMPLE_MODES}")
+    if lat.autoencoder is None:
+        require(lat.sha256 is None, "latent.sha256", lat.sha256, "is only meaningful with latent.autoencoder")
+        return
+    require(cfg.task == "generate", "latent.autoencoder", lat.autoencoder, "super-resolution runs on pixels only")
+    require(cfg.model.centered, "model.centered", cfg.model.centered, "latents are not pixels: keep it true")
 
 
 _NET_MOVED = ("scale_by_sigma", "centered", "sigma_min", "sigma_max", "num_scales")  # left NCSN++ for ScoreModel

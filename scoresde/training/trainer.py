@@ -44,8 +44,10 @@ from scoresde.losses import DSMLoss, get_loss
 from scoresde.rundir import RunDirInUse, RunDirLock
 from scoresde.schema import ConfigError
 from scoresde.score import ScoreModel
+from scoresde.training.latent import latent_to_unit, prepare_latent_data
 from scoresde.training.runlog import RunLog, StopRequest
 from scoresde.training.sigma_data import fill_sigma_data
+from scoresde.training.superres import SuperResTask, with_conditioning
 from scoresde.utils import derived_seed
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -184,6 +186,8 @@ class Trainer:
             test_fraction=d.test_fraction,
             seed=d.seed,
         )
+        self.data, self.autoencoder = prepare_latent_data(cfg, setup, self.data)  # latent diffusion (issue 16)
+        self.superres = SuperResTask.of(cfg, self.data.is_image)  # cascaded super-resolution (issue 16)
         self.transform = BatchTransform(
             self.data.is_image, cfg.model.centered, self.data.levels, d.dequantize, d.random_flip
         )
@@ -332,6 +336,7 @@ class Trainer:
         aug = self.transform.draw(shape, gen, self.device).select(mine)
         draws = self.loss_fn.draw(shape, gen, self.device, x.dtype).select(mine)
         x = self.transform.apply(x, aug)
+        cond = self.superres.conditioning(x, shape, gen, mine) if self.superres else None
         if self.tc.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         self.optimizer.zero_grad(set_to_none=True)
@@ -344,9 +349,8 @@ class Trainer:
             ctx = contextlib.nullcontext() if sync else self.train_model.net.no_sync()
             with ctx:
                 with self._autocast():
-                    per = self.loss_fn.per_example(
-                        self.train_model, x[part], draws.select(part), None if y is None else y[part]
-                    )
+                    model = with_conditioning(self.train_model, cond, part)
+                    per = self.loss_fn.per_example(model, x[part], draws.select(part), None if y is None else y[part])
                 loss = per.sum() / self.local_batch
                 self.scaler.scale(loss).backward()
             total = total + loss.detach()
@@ -369,11 +373,13 @@ class Trainer:
         x = self.transform.evaluation(test)
         gen = torch.Generator(device=self.device).manual_seed(12345)
         draws = self.loss_fn.draw(x.shape, gen, self.device, x.dtype)
+        cond = self.superres.conditioning(x, x.shape, gen) if self.superres else None
         total = 0.0
         for i in range(0, x.shape[0], self.local_batch):
             part = slice(i, i + self.local_batch)
             y_part = None if y is None else y[part]
-            total += float(self.loss_fn.per_example(self.ema.module, x[part], draws.select(part), y_part).sum())
+            model = with_conditioning(self.ema.module, cond, part)
+            total += float(self.loss_fn.per_example(model, x[part], draws.select(part), y_part).sum())
         return total / x.shape[0]
 
     @torch.no_grad()
@@ -383,10 +389,14 @@ class Trainer:
         ``.png`` (an image grid, or a scatter plot over the test data for 2-D points)."""
         from scoresde.generate import generate, save_samples
 
-        res = generate(self.ema.module, self.setup.sde, self.data.data_shape, self.tc.sample_n, self.preview_sampler,
+        model, n = self.ema.module, self.tc.sample_n
+        if self.superres:  # super-resolution of the held-out images
+            model = self.superres.preview(model, self.transform.evaluation(self.data.test[:n].to(self.device)), n)
+        res = generate(model, self.setup.sde, self.data.data_shape, self.tc.sample_n, self.preview_sampler,
                        seed=self.cfg.seed, batch_size=self.tc.sample_n, device=self.device, progress=False)  # fmt: skip
         centered = self.cfg.model.centered
         to_unit = (lambda x: from_model_range(x, centered)) if self.data.is_image else None
+        to_unit = latent_to_unit(self.autoencoder) if self.autoencoder is not None else to_unit  # decode latents
         paths = save_samples(self.run_dir / "samples", res, to_unit, reference=self.data.test, stem=tag)
         return paths.get("png", paths["npz"])
 
