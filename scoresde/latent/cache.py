@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
+from scoresde.checkpoint import state_digest
 from scoresde.data.datasets import ArrayDataset
 from scoresde.latent.autoencoder import Autoencoder
-from scoresde.latent.io import state_digest
 
 KIND = "scoresde.latents"
 VERSION = "1"

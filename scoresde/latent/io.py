@@ -9,27 +9,17 @@ architecture built on the meta device, before a single real weight is allocated.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
 
 import torch
 
+from scoresde.checkpoint import state_digest
 from scoresde.latent.autoencoder import Autoencoder, check_architecture
 
 KIND = "scoresde.autoencoder"
 FORMAT = "1"
-
-
-def state_digest(state: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over the sorted tensor names, dtypes, shapes and bytes (CPU)."""
-    h = hashlib.sha256()
-    for key in sorted(state):
-        t = state[key].detach().to("cpu").contiguous()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def save_autoencoder(model: Autoencoder, path: str | Path) -> Path:
@@ -90,16 +80,10 @@ def architecture_from_metadata(meta: dict, source: str) -> dict:
 def load_autoencoder(path: str | Path) -> Autoencoder:
     """An autoencoder saved by :func:`save_autoencoder` (eval mode, frozen, CPU); refuses files whose metadata are not
     plain checked values, whose tensors do not fit the described architecture or whose content hash differs."""
-    from scoresde.checkpoint import CheckpointError, load_safetensors
+    from scoresde.checkpoint import read_weights_file
 
-    p = Path(path).expanduser()
     source = str(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"autoencoder {source!r} does not exist")
-    try:
-        state, meta = load_safetensors(p)
-    except CheckpointError as err:
-        raise ValueError(f"autoencoder {source!r} is not a readable safetensors file ({err})") from None
+    state, meta = read_weights_file(path, "autoencoder")
     kwargs = architecture_from_metadata(meta, source)
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in Autoencoder(**kwargs).state_dict().items()}
@@ -115,8 +99,8 @@ def load_autoencoder(path: str | Path) -> Autoencoder:
         raise ValueError(f"autoencoder {source!r}: latent scale {float(state['scale'])} must be positive")
     model = Autoencoder(**kwargs)
     model.load_state_dict(state, strict=True)
-    model.source = str(p)
+    model.source = str(Path(path).expanduser())
     return model.eval().requires_grad_(False)
 
 
-__all__ = ["architecture_from_metadata", "load_autoencoder", "save_autoencoder", "state_digest"]
+__all__ = ["architecture_from_metadata", "load_autoencoder", "save_autoencoder"]

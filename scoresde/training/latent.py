@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
+from scoresde.checkpoint import state_digest
 from scoresde.data import ArrayDataset
 from scoresde.latent import Autoencoder, encode_dataset, load_autoencoder
-from scoresde.latent.io import state_digest
 from scoresde.schema import ConfigError, to_yaml
 
 

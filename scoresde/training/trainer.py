@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
-from scoresde import distributed as D
+from scoresde import distributed
 from scoresde.checkpoint import (
     CHECKPOINT_DIR,
     LAST,
@@ -138,9 +138,9 @@ class Trainer:
             raise ValueError(f"trainer.precision must be one of {sorted(PRECISIONS)}, got {tc.precision!r}")
         if tc.num_threads:
             torch.set_num_threads(int(tc.num_threads))
-        self.dist = D.init_distributed(tc.device)
+        self.dist = distributed.init_distributed(tc.device)
         self.device = self.dist.device
-        self.run_dir = Path(D.broadcast_object(str(Path(run_dir).resolve()), self.dist))
+        self.run_dir = Path(distributed.broadcast_object(str(Path(run_dir).resolve()), self.dist))
         self.ckpt_dir = self.run_dir / CHECKPOINT_DIR
         self.is_main = self.dist.is_main
         self.lock = RunDirLock(self.run_dir)
@@ -150,7 +150,7 @@ class Trainer:
                 self.lock.acquire()
             except RunDirInUse as err:
                 refused = str(err)
-        refused = D.broadcast_object(refused, self.dist)
+        refused = distributed.broadcast_object(refused, self.dist)
         if refused:
             raise RunDirInUse(refused)
         try:
@@ -465,14 +465,14 @@ class Trainer:
         if ckpt_now:
             if self.is_main:
                 self.save()
-            D.barrier(self.dist)
+            distributed.barrier(self.dist)
         if stopping and self.is_main:
             print(f"[scoresde] pre-empted ({stop.name}): checkpoint at step {step}, exiting with code "
                   f"{128 + int(stop.signum or 0)} (run again to resume)", flush=True)  # fmt: skip
         return stopping
 
     def _sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
-        return D.all_reduce_sum(t, self.dist) / self.dist.world_size
+        return distributed.all_reduce_sum(t, self.dist) / self.dist.world_size
 
     def _stop_requested(self, stop: StopRequest, log_now: bool) -> bool:
         """Whether a rank got SIGTERM / SIGINT / SIGUSR1: checked every step in one process, at log steps under DDP
@@ -482,10 +482,10 @@ class Trainer:
         if not log_now:
             return False
         flag = torch.tensor(float(stop.signum is not None), device=self.device)
-        return float(D.all_reduce_sum(flag, self.dist)) > 0
+        return float(distributed.all_reduce_sum(flag, self.dist)) > 0
 
     def _check_finite(self, log: RunLog) -> None:
-        bad = D.all_reduce_sum(log.nonfinite.float(), self.dist)
+        bad = distributed.all_reduce_sum(log.nonfinite.float(), self.dist)
         if float(bad) > 0:
             last = self.ckpt_dir / LAST
             kept = f"the last good checkpoint {str(last)!r} is kept" if last.exists() else "no checkpoint was written"
@@ -509,7 +509,7 @@ class Trainer:
             if (self.run_dir / "metrics.jsonl").exists():
                 plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "metrics.png")
             self._summary(result)
-        D.barrier(self.dist)
+        distributed.barrier(self.dist)
         return result
 
     def export(self, path: Path) -> Path:
@@ -559,7 +559,7 @@ def fit(cfg, setup: Setup, run_dir: str | Path) -> TrainResult:
         torch.set_num_threads(threads)  # trainer.num_threads is for this run only
         if trainer is not None:
             trainer.lock.release()
-            D.cleanup(trainer.dist)
+            distributed.cleanup(trainer.dist)
 
 
 def train(config, run_dir: str | Path) -> TrainResult:
