@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast lint bench clean mutate
+.PHONY: install run test test-fast test-heavy lint bench clean mutate
 
 $(VENV)/.installed: pyproject.toml scripts/install.sh
 	bash scripts/install.sh $(VENV)
@@ -15,9 +15,13 @@ install: $(VENV)/.installed
 run: install
 	$(PY) train.py hydra.run.dir=outputs/main
 
-# Whole suite, slow tests included. pytest's exit code 5 (no test collected) is not a failure.
+# Whole suite, slow tests included (not the `heavy` 28x28 end-to-end trainings: `make test-heavy`, 30+ minutes on
+# 2 cores). pytest's exit code 5 (no test collected) is not a failure.
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
+	$(PY) -m pytest -m "not heavy" $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
+
+test-heavy: install
+	$(PY) -m pytest -m heavy $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc

@@ -24,7 +24,7 @@ from scoresde.sampling import get_sampler  # noqa: E402
 from scoresde.score import ScoreModel  # noqa: E402
 from scoresde.sde import VPSDE  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # `make test-heavy`: 10+ minutes each on 2 CPU cores
 N = 200
 
 
