@@ -383,6 +383,7 @@ def test_speed_knobs_keep_results(tmp_path):
 @pytest.mark.parametrize("group", ["model", "data", "sde", "optim", "trainer"])
 def test_every_preset_fits_the_schema(group):
     """Each option of each config group composes, validates and names only buildable classes (nothing is built)."""
+    from scoresde import registry
     from scoresde.training import parse_train_config
     from scoresde.training.build import build_preview_sampler, check_buildable
 
@@ -392,7 +393,7 @@ def test_every_preset_fits_the_schema(group):
         extra = ["data.path=/some/where"] if group == "data" else []
         cfg = parse_train_config(compose_cfg(f"{group}={name}", *extra))
         check_buildable(cfg)
-        build_preview_sampler(cfg.trainer.sampler)
+        build_preview_sampler(cfg.trainer.sampler, registry.build(cfg.sde, "sde"))  # sampler=auto needs the SDE
         assert cfg.trainer.steps > 0
 
 

@@ -81,12 +81,15 @@ def build_sampler(node: Any):
         raise ConfigError(f"sampler: {err}") from None
 
 
-def resolve_sampler_node(node: Any, sde, inverse: bool = False) -> dict:
+def resolve_sampler_node(node: Any, sde, inverse: bool = False) -> dict | None:
     """``{name: auto, **options}`` becomes the SDE's own ``default_sampler`` (EDM's Heun for ``sde=edm``, the
-    predictor-corrector sampler otherwise; always ``pc`` for inverse problems) with the options laid over it."""
+    predictor-corrector sampler otherwise; always ``pc`` for inverse problems) with the options laid over it;
+    ``None`` while that needs the model's SDE and ``sde`` is not known yet."""
     node = {"name": node} if isinstance(node, str) else dict(node)
     if node.get("name") != "auto":
         return node
+    if not inverse and sde is None:
+        return None
     options = {k: v for k, v in node.items() if k != "name"}
     base = {"name": "pc"} if inverse else dict(sde.default_sampler)
     return {**base, **options}
@@ -113,25 +116,25 @@ def run(cfg: SampleConfig, out_dir: str | Path) -> dict[str, Path] | None:
 
     check(cfg)
     inverse = cfg.mask is not None or cfg.gray is not None
-    node = resolve_sampler_node(cfg.sampler, None, inverse) if _is_auto(cfg.sampler) and inverse else cfg.sampler
-    sampler = None if _is_auto(node) else build_sampler(node)  # auto: built once the model's SDE is known
+    node = resolve_sampler_node(cfg.sampler, None, inverse)  # None: auto, built once the model's SDE is known
+    sampler = None if node is None else build_sampler(node)
     if sampler is not None:
         _check_sampler(cfg, sampler, inverse)
     dist = init_distributed(cfg.device)
     try:
-        return _run(cfg, sampler, out_dir, dist)
+        return _run(cfg, node, sampler, out_dir, dist)
     finally:
         cleanup(dist)
 
 
-def _run(cfg: SampleConfig, sampler, out_dir: str | Path, dist) -> dict[str, Path] | None:
+def _run(cfg: SampleConfig, node: dict | None, sampler, out_dir: str | Path, dist) -> dict[str, Path] | None:
     from scoresde.generate import generate, save_samples
     from scoresde.guidance import guided_score
     from scoresde.loading import load_model
 
     loaded = load_model(cfg.ckpt, use_ema=cfg.use_ema, official_config=cfg.official_config)
-    node = resolve_sampler_node(cfg.sampler, loaded.sde, cfg.mask is not None or cfg.gray is not None)
-    if sampler is None:
+    if sampler is None:  # sampler=auto: the loaded model's SDE names it
+        node = resolve_sampler_node(cfg.sampler, loaded.sde)
         sampler = build_sampler(node)
         _check_sampler(cfg, sampler, False)
     model = loaded.model.to(dist.device).eval()
@@ -160,10 +163,6 @@ def _run(cfg: SampleConfig, sampler, out_dir: str | Path, dist) -> dict[str, Pat
     (Path(out_dir) / "sample.json").write_text(json.dumps(info, indent=2, default=str))
     print(f"[scoresde] {cfg.n} samples ({res.nfe} score evaluations each) -> {', '.join(map(str, paths.values()))}")
     return paths
-
-
-def _is_auto(node: Any) -> bool:
-    return (node if isinstance(node, str) else dict(node).get("name")) == "auto"
 
 
 def _fitted(cfg: SampleConfig, loaded, score_fn, sampler, dist):

@@ -29,7 +29,7 @@ def parse_train_config(data: Any, what: str = "training config") -> TrainConfig:
     return cfg
 
 
-def build_preview_sampler(node: Any, sde=None):
+def build_preview_sampler(node: Any, sde):
     """The sampler of ``trainer.sampler`` (``auto``: ``sde.default_sampler``); an unknown name or option raises
     before training starts."""
     from scoresde.jobs.sample import build_sampler, resolve_sampler_node
