@@ -281,6 +281,28 @@ def test_stored_config_of_an_earlier_version_still_loads(tmp_path):
     assert scoresde.load_model(run).config.trainer.sampler["name"] == "euler_maruyama"
 
 
+def test_stored_ncsnpp_config_from_before_the_preconditioning_layer_migrates():
+    """Configs stored when NCSN++ applied the 2x - 1 input map and the 1/sigma scaling itself (model.net.centered,
+    scale_by_sigma, sigma_min/max, num_scales) parse with those options moved to the score model; a net.centered
+    that disagrees with model.centered is refused naming both keys."""
+    import yaml
+
+    from scoresde.schema import ConfigError, to_yaml
+    from scoresde.training.build import parse_train_config
+    from tests.configs import compose_config
+
+    tree = yaml.safe_load(to_yaml(parse_train_config(compose_config("train", "model=digits_ncsnpp", "sde=ve"))))
+    del tree["model"]["scale_by_sigma"]
+    old = dict(scale_by_sigma=True, centered=False, sigma_min=0.01, sigma_max=50.0, num_scales=1000)
+    tree["model"]["net"].update(old)
+    cfg = parse_train_config(tree)
+    assert cfg.model.scale_by_sigma is True and cfg.model.centered is False
+    assert not set(old) & set(cfg.model.net)
+    tree["model"]["net"]["centered"] = True
+    with pytest.raises(ConfigError, match="model.net.centered.*model.centered"):
+        parse_train_config(tree)
+
+
 # --- item 7: endings ----------------------------------------------------------------------------------------------
 def test_ctrl_c_checkpoints_and_exits_130(tmp_path):
     args = [*TOY, "trainer.steps=3000", "trainer.ckpt_every=1000"]
