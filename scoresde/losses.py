@@ -45,7 +45,7 @@ import torch
 from scoresde.guidance import as_labels, num_classes_of
 from scoresde.score import ScoreModel
 from scoresde.sde import LinearSDE
-from scoresde.utils import Generator, batch_broadcast, rand, randn
+from scoresde.utils import Generator, rand, randn
 
 WEIGHTINGS = ("sigma2", "likelihood", "edm")
 TIME_SAMPLINGS = ("uniform", "discrete", "lognormal")
@@ -158,8 +158,7 @@ class DSMLoss:
     ) -> torch.Tensor:
         """Per-example loss ``(B,)`` at the given draws (class labels ``y`` for a class-conditional model)."""
         t, z = draws.t, draws.z
-        mean, std = self.sde.marginal_prob(x, t)
-        x_t = mean + batch_broadcast(std, x) * z
+        x_t = self.sde.perturb(x, t, z)
         kwargs = {}
         if y is not None:
             y = as_labels(y, x)

@@ -140,8 +140,7 @@ class GaussianMixture:
     ) -> torch.Tensor:
         """Samples of ``p_t``: draw ``x_0`` from the mixture, then noise it with the SDE's kernel."""
         x0 = self.sample(n, generator=generator, dtype=dtype)
-        mean, std = sde.marginal_prob(x0, torch.full((n,), float(t), dtype=dtype))
-        return mean + std.reshape(n, *([1] * len(self.event_shape))) * randn(x0.shape, generator, dtype=dtype)
+        return sde.perturb(x0, float(t), randn(x0.shape, generator, dtype=dtype))
 
     def marginal(self, sde, t: float) -> GaussianMixture:
         """The marginal ``p_t`` as a new mixture (scalar ``t``)."""
