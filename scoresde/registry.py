@@ -27,7 +27,7 @@ class ConfigError(ValueError):
 
 
 def _allowed() -> dict[str, Callable[..., Any]]:
-    from scoresde.training.config import LinearWarmup
+    from scoresde.training.config import LinearWarmup, WarmupCosine
 
     sched = torch.optim.lr_scheduler
     table: dict[str, Callable[..., Any]] = {
@@ -43,6 +43,7 @@ def _allowed() -> dict[str, Callable[..., Any]]:
         "scoresde.nets.DiT": DiT,
         # learning-rate schedules of our own
         "scoresde.training.LinearWarmup": LinearWarmup,
+        "scoresde.training.WarmupCosine": WarmupCosine,
     }
     for name in ("Adam", "AdamW", "SGD", "RAdam", "NAdam", "Adamax", "RMSprop"):
         table[f"torch.optim.{name}"] = getattr(torch.optim, name)

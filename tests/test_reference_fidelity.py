@@ -13,6 +13,7 @@ The expected values are the formulas of yang-song/score_sde_pytorch (commit cb1f
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -162,3 +163,20 @@ def test_training_run_logs_the_reference_learning_rates(tmp_path):
     assert sorted(lrs) == list(range(1, 7))
     for s, v in lrs.items():
         assert v == pytest.approx(2e-3 * s / 20, rel=1e-12), s
+
+
+def test_warmup_cosine_schedule_closed_form():
+    """``WarmupCosine(W, T, f)``: the linear warm-up of :class:`LinearWarmup` up to step W, then
+    ``f + (1 - f) (1 + cos(pi (k - W) / (T - W))) / 2``: 1 at W, (1 + f) / 2 halfway, f at T and after."""
+    from scoresde.training import WarmupCosine
+
+    w, total, final, lr = 10, 50, 0.1, 2e-3
+    used = _lrs_used(lambda o: torch.optim.lr_scheduler.LambdaLR(o, WarmupCosine(w, total, final)), total + 5, lr)
+    expected = [lr * (k / w if k < w else final + (1 - final) * (1 + math.cos(math.pi * min(k - w, total - w) /
+                (total - w))) / 2) for k in range(total + 5)]  # fmt: skip
+    assert used == pytest.approx(expected, rel=1e-12, abs=1e-18)
+    assert used[w] == pytest.approx(lr) and used[30] == pytest.approx(lr * (1 + final) / 2)
+    assert used[total:] == pytest.approx([lr * final] * 5)
+    for bad, match in [((10, 10), "total"), ((10, 50, 1.5), "final")]:
+        with pytest.raises(ValueError, match=match):
+            WarmupCosine(*bad)

@@ -10,6 +10,7 @@ from scoresde.training.config import (
     OptimConfig,
     TrainConfig,
     TrainerConfig,
+    WarmupCosine,
 )
 from scoresde.training.trainer import (
     DiskFullError,
@@ -25,6 +26,7 @@ from scoresde.training.trainer import (
 __all__ = [
     "DataConfig",
     "LinearWarmup",
+    "WarmupCosine",
     "LossConfig",
     "ModelConfig",
     "OptimConfig",

@@ -6,6 +6,7 @@ The sections mirror the config groups: ``model`` (network + parameterization), `
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,6 +137,28 @@ class LinearWarmup:
 
     def __call__(self, step: int) -> float:
         return 1.0 if self.warmup <= 0 else min(step / self.warmup, 1.0)
+
+
+class WarmupCosine(LinearWarmup):
+    """:class:`LinearWarmup`, then a half-cosine from the full rate down to ``final`` times it at step ``total``
+    (Loshchilov & Hutter 2017, SGDR, without restarts); ``final`` after ``total``. For short runs, where an annealed
+    rate reaches a lower loss than a constant one in the same number of steps; ``total`` is usually
+    ``trainer.steps``."""
+
+    def __init__(self, warmup: int = 100, total: int = 1000, final: float = 0.0):
+        super().__init__(warmup)
+        self.total, self.final = int(total), float(final)
+        if self.total <= max(self.warmup, 0):
+            raise ValueError(f"WarmupCosine: total ({self.total}) must exceed warmup ({self.warmup})")
+        if not 0.0 <= self.final <= 1.0:
+            raise ValueError(f"WarmupCosine: final must lie in [0, 1], got {self.final}")
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return super().__call__(step)
+        start = max(self.warmup, 0)
+        progress = min((step - start) / (self.total - start), 1.0)
+        return self.final + (1.0 - self.final) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 # --- checks ---------------------------------------------------------------------------------------------------
