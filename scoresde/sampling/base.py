@@ -24,6 +24,7 @@ import torch
 from scoresde.sampling.grids import (
     GridOption,
     as_grid_option,
+    cached_per_sde,
     check_final_time,
     check_grid,
     check_steps,
@@ -48,9 +49,37 @@ class SampleResult:
     nfe: int
 
 
+_ZEROS: dict[tuple, torch.Tensor] = {}  # one 0-d zero per dtype and device, for :func:`scale`
+
+
+def scale(x: torch.Tensor, a: float | torch.Tensor) -> torch.Tensor:
+    """``a x`` as a new tensor. For a number ``a`` it is computed as ``0 + a x``, one fused addition to a cached 0-d
+    zero: bit-identical to ``x * a`` and, on the CPU in float32, about half its cost (multiplying by a Python number
+    converts the number to a tensor of ``x``'s dtype on every call; measured in benchmarks/bench_samplers.py)."""
+    if isinstance(a, torch.Tensor):
+        return x * a
+    zero = _ZEROS.get((x.dtype, x.device))
+    if zero is None:
+        zero = _ZEROS.setdefault((x.dtype, x.device), torch.zeros((), dtype=x.dtype, device=x.device))
+    return torch.add(zero, x, alpha=a)
+
+
+def add_scaled(x: torch.Tensor, c: float | torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``x + c y`` in one fused operation (a new tensor), ``c`` a number or a tensor broadcasting against ``y``."""
+    if isinstance(c, torch.Tensor):
+        return torch.addcmul(x, c, y)
+    return torch.add(x, y, alpha=c)
+
+
+def scaled_sum(a: float | torch.Tensor, x: torch.Tensor, b: float | torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``a x + b y`` in two operations (a new tensor), ``a``, ``b`` numbers or tensors broadcasting against ``x``."""
+    out = scale(x, a)
+    return out.addcmul_(b, y) if isinstance(b, torch.Tensor) else out.add_(y, alpha=b)
+
+
 def x0_from_eps(x: torch.Tensor, eps_hat: torch.Tensor, alpha: Scale, sigma: Scale) -> torch.Tensor:
     """Tweedie's data prediction from the noise prediction: ``x0_hat = (x - sigma eps_hat) / alpha``."""
-    return (x - sigma * eps_hat) / alpha
+    return scaled_sum(1 / alpha, x, -sigma / alpha, eps_hat)
 
 
 class ModelViews:
@@ -93,8 +122,8 @@ class ModelViews:
             return self._score(x, t)
         alpha, sigma = self._scales(x, t, alpha, sigma)
         if self._eps_hat is not None:
-            return -self._eps_hat(x, t) / sigma
-        return (alpha * self._x0_hat(x, t) - x) / sigma**2
+            return scale(self._eps_hat(x, t), -1 / sigma)
+        return scaled_sum(-1 / sigma**2, x, alpha / sigma**2, self._x0_hat(x, t))
 
     def eps(self, x: torch.Tensor, t: float | torch.Tensor, alpha: Scale = None, sigma: Scale = None):
         """Noise prediction ``eps_hat(x, t)``."""
@@ -104,8 +133,8 @@ class ModelViews:
             return self._eps_hat(x, t)
         alpha, sigma = self._scales(x, t, alpha, sigma)
         if self._x0_hat is not None:
-            return (x - alpha * self._x0_hat(x, t)) / sigma
-        return -sigma * self._score(x, t)
+            return scaled_sum(1 / sigma, x, -alpha / sigma, self._x0_hat(x, t))
+        return scale(self._score(x, t), -sigma)
 
     def x0(self, x: torch.Tensor, t: float | torch.Tensor, alpha: Scale = None, sigma: Scale = None):
         """Data prediction ``x0_hat(x, t) = E[x_0 | x_t = x]``."""
@@ -116,7 +145,7 @@ class ModelViews:
         alpha, sigma = self._scales(x, t, alpha, sigma)
         if self._eps_hat is not None:
             return x0_from_eps(x, self._eps_hat(x, t), alpha, sigma)
-        return (x + sigma**2 * self._score(x, t)) / alpha
+        return scaled_sum(1 / alpha, x, sigma**2 / alpha, self._score(x, t))
 
     __call__ = score
 
@@ -163,8 +192,9 @@ def initial_state(
 
 
 def batch_times(grid: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
-    """Every grid time as a ``(B,)`` tensor in ``x``'s dtype and device, built once per run."""
-    return [torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device) for t in grid.tolist()]
+    """Every grid time as a ``(B,)`` tensor in ``x``'s dtype and device, built once per run (one allocation)."""
+    column = grid.detach().to(device=x.device, dtype=x.dtype)[:, None]
+    return list(column.expand(-1, x.shape[0]).contiguous().unbind(0))
 
 
 @dataclass(frozen=True)
@@ -180,13 +210,18 @@ class GridCoords:
 
     @classmethod
     def of(cls, sde: LinearSDE, grid: torch.Tensor) -> GridCoords:
-        g = grid.detach().to(device="cpu", dtype=torch.float64)
-        lam = sde.marginal_lambda(g)
-        values = (g, sde.marginal_alpha(g), sde.marginal_std(g), lam, torch.exp(-lam))
-        return cls(*(tuple(v.tolist()) for v in values))
+        return _grid_coords(sde, tuple(grid.detach().to(device="cpu", dtype=torch.float64).tolist()))
 
     def __len__(self) -> int:
         return len(self.times)
+
+
+@cached_per_sde
+def _grid_coords(sde: LinearSDE, times: tuple[float, ...]) -> GridCoords:
+    g = torch.tensor(times, dtype=torch.float64)
+    lam = sde.marginal_lambda(g)
+    values = (sde.marginal_alpha(g), sde.marginal_std(g), lam, torch.exp(-lam))
+    return GridCoords(times, *(tuple(v.tolist()) for v in values))
 
 
 def start_grid(sde: LinearSDE, model, x: torch.Tensor, grid: torch.Tensor) -> tuple[ModelViews, GridCoords, list]:

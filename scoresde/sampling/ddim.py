@@ -23,6 +23,7 @@ from scoresde.sampling.base import (
     GridSampler,
     StepCallback,
     progress_iter,
+    scaled_sum,
     start_grid,
     x0_from_eps,
 )
@@ -63,8 +64,7 @@ def sample_ddim(
         if callback is not None:
             denoised = x0_from_eps(x, eps_hat, coords.alpha[i], coords.sigma[i])
             callback({"i": i, "t": coords.times[i], "x": x, "denoised": denoised})
-        out = x * state_coef
-        out.add_(eps_hat, alpha=eps_coef)
+        out = scaled_sum(state_coef, x, eps_coef, eps_hat)
         if eta > 0:
             out.add_(randn(x.shape, generator=generator, device=x.device, dtype=x.dtype), alpha=noise_std)
         x = out

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from scoresde.sampling.base import GridCoords, ModelViews, StepCallback, progress_iter, x0_from_eps
+from scoresde.sampling.base import GridCoords, ModelViews, StepCallback, progress_iter, scale, x0_from_eps
 
 PREDICTIONS = ("data", "noise")
 
@@ -53,7 +53,7 @@ class LinearSteps:
 
 def combine(x: torch.Tensor, state_coef: float, weights, outputs) -> torch.Tensor:
     """``state_coef x + sum_j weights[j] outputs[j]`` (zero weights skipped)."""
-    out = x * state_coef
+    out = scale(x, state_coef)
     for w, m in zip(weights, outputs, strict=False):
         if w != 0.0:
             out.add_(m, alpha=w)
