@@ -44,6 +44,17 @@ class LinearSteps:
     weights: tuple[tuple[float, ...], ...]
     corrector: tuple[tuple[float, ...] | None, ...] | None = None
 
+    @functools.cached_property
+    def corrections(self) -> tuple[tuple[float, ...] | None, ...]:
+        """Per step, the weights of the corrected point relative to the predicted one: both start from
+        ``state_coef[i] x_i``, so ``corrected = predicted + sum_j (corrector[i][j] - [0, *weights[i]][j]) m_j`` (the
+        state term cancels: one scaled tensor fewer per step)."""
+        out = []
+        for c, w in zip(self.corrector or (None,) * len(self.weights), self.weights, strict=True):
+            shifted = (0.0, *w) + (0.0,) * max(len(c or ()) - len(w) - 1, 0)  # the predictor's, on m_{i+1}, m_i, ..
+            out.append(None if c is None else tuple(cj - pj for cj, pj in zip(c, shifted, strict=False)))
+        return tuple(out)
+
     @property
     def history(self) -> int:
         """How many past outputs any step uses."""
@@ -57,6 +68,15 @@ def combine(x: torch.Tensor, state_coef: float, weights, outputs) -> torch.Tenso
     for w, m in zip(weights, outputs, strict=False):
         if w != 0.0:
             out.add_(m, alpha=w)
+    return out
+
+
+def accumulate(x: torch.Tensor, weights, outputs) -> torch.Tensor:
+    """``x + sum_j weights[j] outputs[j]`` as a new tensor (``x`` itself when every weight is zero)."""
+    out = x
+    for w, m in zip(weights, outputs, strict=False):
+        if w != 0.0:
+            out = torch.add(out, m, alpha=w) if out is x else out.add_(m, alpha=w)
     return out
 
 
@@ -74,17 +94,17 @@ def run_linear_steps(
     correction when a corrector is on), the corrector of the previous step, then the step itself."""
     view = model.x0 if steps.prediction == "data" else model.eps
     keep = max(steps.history, 1)
+    corrections = steps.corrections
     outputs: list[torch.Tensor] = []  # model outputs at previous grid points, newest first
-    x_prev = x
     for i in progress_iter(range(len(coords) - 1), progress, desc):
         m = view(x, times[i], coords.alpha[i], coords.sigma[i])
-        if i > 0 and steps.corrector is not None and steps.corrector[i - 1] is not None:
-            x = combine(x_prev, steps.state_coef[i - 1], steps.corrector[i - 1], [m, *outputs])
-        outputs = [m, *outputs][:keep]
+        outputs = [m, *outputs]
+        if i > 0 and corrections[i - 1] is not None:  # the corrected point from the predicted one, which m is at
+            x = accumulate(x, corrections[i - 1], outputs)
+        outputs = outputs[:keep]
         if callback is not None:
             denoised = m if steps.prediction == "data" else x0_from_eps(x, m, coords.alpha[i], coords.sigma[i])
             callback({"i": i, "t": coords.times[i], "x": x, "denoised": denoised})
-        x_prev = x
         x = combine(x, steps.state_coef[i], steps.weights[i], outputs)
     return x
 
