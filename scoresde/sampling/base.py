@@ -82,6 +82,19 @@ def x0_from_eps(x: torch.Tensor, eps_hat: torch.Tensor, alpha: Scale, sigma: Sca
     return scaled_sum(1 / alpha, x, -sigma / alpha, eps_hat)
 
 
+#: Which output a view is computed from, in order of preference.
+_PREFERENCE = {"score": ("score", "eps", "x0"), "eps": ("eps", "x0", "score"), "x0": ("x0", "eps", "score")}
+#: ``(view, own output) -> (alpha, sigma) -> (p, q)`` with ``view = p x + q own`` (Tweedie's formula, module doc).
+_CONVERSIONS = {
+    ("score", "eps"): lambda alpha, sigma: (0.0, -1 / sigma),
+    ("score", "x0"): lambda alpha, sigma: (-1 / sigma**2, alpha / sigma**2),
+    ("eps", "x0"): lambda alpha, sigma: (1 / sigma, -alpha / sigma),
+    ("eps", "score"): lambda alpha, sigma: (0.0, -sigma),
+    ("x0", "eps"): lambda alpha, sigma: (1 / alpha, -sigma / alpha),
+    ("x0", "score"): lambda alpha, sigma: (1 / alpha, sigma**2 / alpha),
+}
+
+
 class ModelViews:
     """Score, noise prediction and data prediction of one model for one SDE; every call counts one NFE.
 
@@ -99,6 +112,10 @@ class ModelViews:
         self._eps_hat = getattr(model, "eps_hat", None)
         if self._score is None and self._x0_hat is None and self._eps_hat is None:
             raise TypeError(f"a model must be a score function (x, t) or offer x0_hat / eps_hat, got {model!r}")
+        own = {"score": self._score, "eps": self._eps_hat, "x0": self._x0_hat}
+        #: view -> (the output the model gives for it, the function giving it): its own view where it has it
+        self._route = {view: next((name, own[name]) for name in order if own[name] is not None)
+                       for view, order in _PREFERENCE.items()}  # fmt: skip
 
     @staticmethod
     def _time(x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
@@ -114,43 +131,51 @@ class ModelViews:
             sigma = batch_broadcast(self.sde.marginal_std(t), x) if sigma is None else sigma
         return alpha, sigma
 
-    def score(self, x: torch.Tensor, t: float | torch.Tensor, alpha: Scale = None, sigma: Scale = None):
-        """``grad_x log p_t(x)``."""
+    def linear(self, view: str, x: torch.Tensor, t: float | torch.Tensor, alpha: Scale = None, sigma: Scale = None):
+        """One model call as ``(p, q, out)``: ``out`` the model's own output and ``view(x, t) = p x + q out`` (``view``
+        ``"score"``, ``"eps"`` or ``"x0"``; ``p = 0``, ``q = 1`` where the model has the view). A step linear in the
+        view folds ``p``, ``q`` into its coefficients and saves the conversion."""
         self.nfe += 1
         t = self._time(x, t)
-        if self._score is not None:
-            return self._score(x, t)
+        native, fn = self._route[view]
+        if native == view:
+            return 0.0, 1.0, fn(x, t)
         alpha, sigma = self._scales(x, t, alpha, sigma)
-        if self._eps_hat is not None:
-            return scale(self._eps_hat(x, t), -1 / sigma)
-        return scaled_sum(-1 / sigma**2, x, alpha / sigma**2, self._x0_hat(x, t))
+        return (*_CONVERSIONS[view, native](alpha, sigma), fn(x, t))
+
+    def view(self, view: str, x: torch.Tensor, t: float | torch.Tensor, alpha: Scale = None, sigma: Scale = None):
+        """The model's ``view`` (``"score"``, ``"eps"`` or ``"x0"``) at ``(x, t)``: its own output, converted when
+        it lacks that view."""
+        p, q, out = self.linear(view, x, t, alpha, sigma)
+        if not isinstance(p, torch.Tensor) and p == 0:
+            return out if not isinstance(q, torch.Tensor) and q == 1 else scale(out, q)
+        return scaled_sum(p, x, q, out)
+
+    def score(self, x: torch.Tensor, t: float | torch.Tensor, alpha: Scale = None, sigma: Scale = None):
+        """``grad_x log p_t(x)``."""
+        return self.view("score", x, t, alpha, sigma)
 
     def eps(self, x: torch.Tensor, t: float | torch.Tensor, alpha: Scale = None, sigma: Scale = None):
         """Noise prediction ``eps_hat(x, t)``."""
-        self.nfe += 1
-        t = self._time(x, t)
-        if self._eps_hat is not None:
-            return self._eps_hat(x, t)
-        alpha, sigma = self._scales(x, t, alpha, sigma)
-        if self._x0_hat is not None:
-            return scaled_sum(1 / sigma, x, -alpha / sigma, self._x0_hat(x, t))
-        return scale(self._score(x, t), -sigma)
+        return self.view("eps", x, t, alpha, sigma)
 
     def x0(self, x: torch.Tensor, t: float | torch.Tensor, alpha: Scale = None, sigma: Scale = None):
         """Data prediction ``x0_hat(x, t) = E[x_0 | x_t = x]``."""
-        self.nfe += 1
-        t = self._time(x, t)
-        if self._x0_hat is not None:
-            return self._x0_hat(x, t)
-        alpha, sigma = self._scales(x, t, alpha, sigma)
-        if self._eps_hat is not None:
-            return x0_from_eps(x, self._eps_hat(x, t), alpha, sigma)
-        return scaled_sum(1 / alpha, x, sigma**2 / alpha, self._score(x, t))
+        return self.view("x0", x, t, alpha, sigma)
 
     __call__ = score
 
     def __repr__(self) -> str:
         return f"ModelViews({self.model!r}, nfe={self.nfe})"
+
+
+def linear_in_view(
+    model: ModelViews, view: str, a: Scale, x: torch.Tensor, b: Scale, t: torch.Tensor, alpha: Scale, sigma: Scale
+) -> torch.Tensor:
+    """``a x + b view(x, t)`` (one NFE) in two tensor operations: the conversion of the model's own output to
+    ``view`` is folded into the two coefficients (:meth:`ModelViews.linear`)."""
+    p, q, out = model.linear(view, x, t, alpha, sigma)
+    return scaled_sum(a + b * p, x, b * q, out)
 
 
 #: The counting wrapper of a plain score function (its call is the score view).

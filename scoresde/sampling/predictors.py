@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import torch
 
-from scoresde.sampling.base import ModelViews, add_scaled, as_views, scaled_sum
+from scoresde.sampling.base import ModelViews, add_scaled, as_views, linear_in_view
 from scoresde.sampling.grids import cached_per_sde
 from scoresde.sde import LinearSDE, ScoreFn
 from scoresde.utils import Generator, batch_broadcast, randn
@@ -84,7 +84,8 @@ def euler_maruyama_update(
     noise), Song et al. 2021, Eq. 6 and 13."""
     weight = 0.5 if probability_flow else 1.0
     # x + (f x - w g^2 score) dt, with the coefficients of x and score folded (numbers on a grid)
-    x_mean = scaled_sum(1 + step.drift_coef * step.dt, x, -weight * step.diffusion_sq * step.dt, model.score(x, t))
+    x_mean = linear_in_view(model, "score", 1 + step.drift_coef * step.dt, x, -weight * step.diffusion_sq * step.dt,
+                            t, step.alpha_t, step.sigma_t)  # fmt: skip
     return _with_noise(x_mean, (step.diffusion_sq * -step.dt) ** 0.5, generator, probability_flow)
 
 
@@ -100,7 +101,8 @@ def reverse_diffusion_update(
     ``x_s = x_t - (alpha_{t|s} - 1) x_t + G^2 score + G z`` (Song et al. 2021, Eq. 46), finite for any step size."""
     weight = 0.5 if probability_flow else 1.0
     alpha_ts = step.alpha_t / step.alpha_s
-    x_mean = scaled_sum(2 - alpha_ts, x, weight * step.transition_var, model.score(x, t))
+    x_mean = linear_in_view(model, "score", 2 - alpha_ts, x, weight * step.transition_var,
+                            t, step.alpha_t, step.sigma_t)  # fmt: skip
     return _with_noise(x_mean, step.transition_var**0.5, generator, probability_flow)
 
 
@@ -122,8 +124,8 @@ def ancestral_update(
     if probability_flow:
         raise ValueError("the ancestral predictor has no probability-flow form; use reverse_diffusion or ddim")
     var_t, var_s, v = step.sigma_t**2, step.sigma_s**2, step.transition_var
-    x0 = model.x0(x, t, step.alpha_t, step.sigma_t)
-    x_mean = scaled_sum(step.alpha_t / step.alpha_s * var_s / var_t, x, step.alpha_s * v / var_t, x0)
+    x_mean = linear_in_view(model, "x0", step.alpha_t / step.alpha_s * var_s / var_t, x, step.alpha_s * v / var_t,
+                            t, step.alpha_t, step.sigma_t)  # fmt: skip
     return _with_noise(x_mean, (v * var_s / var_t) ** 0.5, generator, False)
 
 
