@@ -270,9 +270,9 @@ def test_plms_exact_for_polynomial_eps_in_sigma_hat(variant, degree):
 @pytest.mark.parametrize("order", [1, 2, 3])
 @pytest.mark.parametrize("prediction", ["data", "noise"])
 def test_corrected_point_from_the_predicted_one(order, prediction):
-    """The multistep loop applies UniC as ``predicted + sum_j corrections[i][j] m_j``: on every step of a grid it
-    equals the corrector's own form ``state_coef x + sum_j corrector[i][j] m_j`` (random state and outputs, float64,
-    to 1e-12 relative)."""
+    """UniC as ``predicted + sum_j corrections[i][j] m_j`` equals the corrector's own form ``state_coef x + sum_j
+    corrector[i][j] m_j`` on every step of a grid, and the loop's ``folded`` weights take the predicted point straight
+    to the next predicted point as the corrected one would (random state and outputs, float64, to 1e-12)."""
     from scoresde.sampling.exponential import accumulate, combine
 
     sde = VPSDE()
@@ -289,5 +289,10 @@ def test_corrected_point_from_the_predicted_one(order, prediction):
         predicted = combine(x, steps.state_coef[i], steps.weights[i], outputs[1:])
         corrected = combine(x, steps.state_coef[i], corrector, outputs)
         torch.testing.assert_close(accumulate(predicted, correction, outputs), corrected, rtol=1e-12, atol=1e-12)
+        # the loop folds this correction into the next step: from the predicted point straight to the next one
+        if i + 1 < len(steps.weights):
+            following = combine(corrected, steps.state_coef[i + 1], steps.weights[i + 1], outputs)
+            folded = combine(predicted, steps.state_coef[i + 1], steps.folded[i + 1], outputs)
+            torch.testing.assert_close(folded, following, rtol=1e-12, atol=1e-12)
         checked += 1
     assert checked == len(steps.weights) - 1  # every step but the last
