@@ -26,7 +26,6 @@ from scoresde.sampling.grids import (
     as_grid_option,
     cached_per_sde,
     check_final_time,
-    check_grid,
     check_steps,
     final_time,
     resolve_grid,
@@ -146,6 +145,10 @@ class ModelViews:
     def view(self, view: str, x: torch.Tensor, t: float | torch.Tensor, alpha: Scale = None, sigma: Scale = None):
         """The model's ``view`` (``"score"``, ``"eps"`` or ``"x0"``) at ``(x, t)``: its own output, converted when
         it lacks that view."""
+        native, fn = self._route[view]
+        if native == view:  # the model's own output: no conversion (the common case, kept short)
+            self.nfe += 1
+            return fn(x, self._time(x, t))
         p, q, out = self.linear(view, x, t, alpha, sigma)
         if not isinstance(p, torch.Tensor) and p == 0:
             return out if not isinstance(q, torch.Tensor) and q == 1 else scale(out, q)
@@ -346,7 +349,7 @@ class GridSampler(Sampler):
                             getattr(self, "rho", 7.0))  # fmt: skip
 
     def check(self, sde: LinearSDE) -> None:
-        check_grid(self.time_grid(sde), sde)
+        self.time_grid(sde)  # checked there: given times against the SDE, named grids once when built
 
     def with_grid(self, grid: GridOption) -> GridSampler:
         """A copy of this sampler running on ``grid`` (its ``steps`` / ``eps`` then follow from the times)."""

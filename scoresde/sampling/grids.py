@@ -45,7 +45,7 @@ def sde_fingerprint(sde: LinearSDE) -> tuple | None:
     state = getattr(sde, "__dict__", None)
     if state is None or not all(isinstance(v, (int, float, str, bool, type(None))) for v in state.values()):
         return None
-    return type(sde), tuple(sorted(state.items()))
+    return type(sde), tuple(state.items())  # (unsorted: another order is another key, never a wrong one)
 
 
 def cached_per_sde(build):
@@ -211,9 +211,9 @@ def resolve_grid(
     eps = final_time(sde, eps)
     if not eps < sde.T:
         raise ValueError(f"eps (the final time) must be < T = {sde.T}, got {eps}")
-    return torch.tensor(_named_grid(sde, grid or default_grid, n, eps, rho), dtype=torch.float64)
+    return _named_grid(sde, grid or default_grid, n, eps, rho).clone()  # a copy: callers may change theirs
 
 
 @cached_per_sde
-def _named_grid(sde: LinearSDE, kind: str, steps: int, eps: float, rho: float) -> tuple[float, ...]:
-    return tuple(time_grid(sde, steps, eps, kind, rho=rho).tolist())
+def _named_grid(sde: LinearSDE, kind: str, steps: int, eps: float, rho: float) -> torch.Tensor:
+    return check_grid(time_grid(sde, steps, eps, kind, rho=rho), sde, f"the {kind} grid of {steps} steps")
