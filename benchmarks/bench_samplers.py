@@ -12,7 +12,8 @@ best 99% of trajectories, per dimension, divided by the std of the reference end
 3. ``fit``: grids fitted (:func:`scoresde.sampling.fit_grid`) on 512 other prior draws, scored on the benchmark's.
 4. ``stochastic``: sliced Wasserstein distance to data vs NFE (null level: two data samples).
 5. ``overhead``: sampler time / (NFE x one bare call), interleaved, median of 15, with the exact score on 512 points
-   (a cheap call) and a 0.5 M-parameter MLP on 4096 points; wall and process CPU time.
+   (a cheap call) and a 0.5 M-parameter MLP on 4096 points; wall and process CPU time, and the sampler's wall time
+   outside the model's calls per NFE (the model timed inside the run).
 Prints markdown tables; writes benchmarks/results/samplers_quality.png.
 """
 
@@ -172,8 +173,32 @@ def quality_stochastic(n: int, steps_list):
     return rows, null
 
 
-def overhead(kind: str, reps: int = 15, nfe_target: int = 20) -> list[tuple[str, int, float, float]]:
-    """Sampler time / (the same number of bare calls), interleaved A B A B, median of ``reps``, wall and CPU."""
+class TimedModel:
+    """A model's views (score call, ``x0_hat`` / ``eps_hat`` where it has them) that add up the time spent in them."""
+
+    def __init__(self, model):
+        self.model, self.seconds = model, 0.0
+        for name in ("x0_hat", "eps_hat"):
+            if hasattr(model, name):
+                setattr(self, name, self._timed(getattr(model, name)))
+        self._call = self._timed(model)
+
+    def _timed(self, fn):
+        def timed(x, t):
+            start = time.perf_counter()
+            out = fn(x, t)
+            self.seconds += time.perf_counter() - start
+            return out
+
+        return timed
+
+    def __call__(self, x, t):
+        return self._call(x, t)
+
+
+def overhead(kind: str, reps: int = 15, nfe_target: int = 20) -> list[tuple[str, int, float, float, float]]:
+    """Sampler time / (the same number of bare calls), interleaved A B A B, median of ``reps``, wall and CPU; and the
+    sampler's wall time outside the model's calls per NFE (us), the part this library spends."""
     torch.manual_seed(0)
     sde = VPSDE()
     if kind == "mlp":
@@ -185,10 +210,11 @@ def overhead(kind: str, reps: int = 15, nfe_target: int = 20) -> list[tuple[str,
         batch = 512
     x = torch.randn(batch, 2)
     t = torch.full((batch,), 0.5)
+    timed = TimedModel(model)
 
     def calls(n: int) -> None:
         for _ in range(n):
-            model(x, t)
+            timed(x, t)
 
     half, quarter = nfe_target // 2, nfe_target // 4
     cases = [("euler_maruyama", {}), ("reverse_diffusion", {}), ("ancestral", {}), ("ddim", {}), ("ddim", {"eta": 1.0}),
@@ -203,20 +229,24 @@ def overhead(kind: str, reps: int = 15, nfe_target: int = 20) -> list[tuple[str,
             sampler = get_sampler(name, denoise=False, **opts)
 
             def run(sampler=sampler):
-                return sampler(sde, model, (batch, 2), torch.Generator().manual_seed(0))
+                return sampler(sde, timed, (batch, 2), torch.Generator().manual_seed(0))
 
             nfe = run().nfe
-            ratios_wall, ratios_cpu = [], []
+            ratios_wall, ratios_cpu, outside = [], [], []
             for _ in range(reps):
+                timed.seconds = 0.0
                 w0, c0 = time.perf_counter(), time.process_time()
                 run()
                 w1, c1 = time.perf_counter(), time.process_time()
+                inside = timed.seconds
                 calls(nfe)  # noqa: B023
                 w2, c2 = time.perf_counter(), time.process_time()
                 ratios_wall.append((w1 - w0) / (w2 - w1))
                 ratios_cpu.append((c1 - c0) / max(c2 - c1, 1e-9))
+                outside.append((w1 - w0 - inside) / nfe * 1e6)
             label = f"{name} {opts}"
-            rows.append((label, nfe, statistics.median(ratios_wall), statistics.median(ratios_cpu)))
+            med = statistics.median
+            rows.append((label, nfe, med(ratios_wall), med(ratios_cpu), med(outside)))
     return rows
 
 
@@ -272,9 +302,10 @@ def main() -> None:
         for kind in args.overhead_models.split(","):
             print(f"\n### Loop overhead, CPU, 1 thread, {models[kind]}: sampler time / (NFE bare calls), median of "
                   f"{args.reps}\n")  # fmt: skip
-            print("| sampler | NFE | wall ratio | CPU-time ratio |\n|---|---|---|---|")
-            for label, nfe, wall, cpu in overhead(kind, reps=args.reps):
-                print(f"| {label} | {nfe} | {wall:.3f} | {cpu:.3f} |")
+            print("| sampler | NFE | wall ratio | CPU-time ratio | outside the model per NFE (us) |")
+            print("|---|---|---|---|---|")
+            for label, nfe, wall, cpu, outside in overhead(kind, reps=args.reps):
+                print(f"| {label} | {nfe} | {wall:.3f} | {cpu:.3f} | {outside:.0f} |")
 
 
 if __name__ == "__main__":

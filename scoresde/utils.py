@@ -69,7 +69,7 @@ def _draw(
     device: torch.device | str | None,
     dtype: torch.dtype | None,
 ) -> torch.Tensor:
-    shape = tuple(int(s) for s in shape)
+    shape = shape if isinstance(shape, torch.Size) else tuple(int(s) for s in shape)
     dtype = dtype or torch.get_default_dtype()
     if generator is None or isinstance(generator, torch.Generator):
         gen_device = generator.device if generator is not None else device
@@ -79,7 +79,9 @@ def _draw(
         if len(gens) != shape[0]:
             raise ValueError(f"got {len(gens)} generators for a batch of {shape[0]} samples")
         out = torch.stack([fn(shape[1:], generator=g, device=g.device, dtype=dtype) for g in gens])
-    return out.to(device) if device is not None else out
+    if device is None or out.device == torch.device(device):  # no move (a per-step cost in the samplers' loops)
+        return out
+    return out.to(device)
 
 
 def randn(

@@ -272,3 +272,32 @@ def test_grid_error_math():
     assert math.isclose(float(time_grid(sde, 8, 1e-3, "uniform").diff()[0]), -(1 - 1e-3) / 8)
     v = torch.sigmoid(sde.marginal_lambda(time_grid(sde, 8, 1e-3, "logistic")) - 0.5)
     assert torch.allclose(v.diff(), v.diff()[0].expand(8), rtol=1e-9)
+
+
+def test_cached_schedules_follow_the_sde_value():
+    """Grid times and schedule coefficients are memoized per SDE *value* (class and parameters): changing a parameter
+    of an SDE after a run gives exactly the samples of an uncached SDE with that parameter (nothing stale); an SDE
+    holding a tensor is not cached. The samplers cover the three memoized tables: named-grid times, grid
+    coordinates (DPM-Solver, PNDM) and PC schedules (Euler–Maruyama)."""
+    from scoresde.sampling.grids import sde_fingerprint
+
+    class Uncached(VPSDE):
+        def __init__(self, beta_max: float):
+            super().__init__(beta_max=beta_max)
+            self.tag = torch.zeros(())  # a tensor attribute: no fingerprint, every table computed afresh
+
+    mix = eight_gaussians_mixture()
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+
+    def run(name, sde):
+        score = mix.score_fn(VPSDE(beta_max=sde.beta_max))  # the score of the SDE's current value
+        return get_sampler(name, steps=6, grid="logsnr")(sde, score, x.shape, torch.Generator().manual_seed(1),
+                                                          x_init=x).samples  # fmt: skip
+
+    assert sde_fingerprint(Uncached(20.0)) is None
+    assert sde_fingerprint(VPSDE()) == sde_fingerprint(VPSDE()) != sde_fingerprint(VPSDE(beta_max=12.0))
+    for name in ("euler_maruyama", "dpm_solver", "pndm"):
+        sde = VPSDE(beta_max=20.0)
+        assert torch.equal(run(name, sde), run(name, Uncached(20.0)))
+        sde.beta_max = 12.0
+        assert torch.equal(run(name, sde), run(name, Uncached(12.0)))

@@ -265,3 +265,34 @@ def test_plms_exact_for_polynomial_eps_in_sigma_hat(variant, degree):
         outputs = [q(s_hat[STEP - j]) for j in range(4)]
         got = steps.state_coef[STEP] * 0.7 + sum(w * m for w, m in zip(steps.weights[STEP], outputs, strict=False))
         assert (abs(got - want) < 1e-10 * max(abs(want), 1.0)) == exact, (deg, got, want)
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("prediction", ["data", "noise"])
+def test_corrected_point_from_the_predicted_one(order, prediction):
+    """UniC as ``predicted + sum_j corrections[i][j] m_j`` equals the corrector's own form ``state_coef x + sum_j
+    corrector[i][j] m_j`` on every step of a grid, and the loop's ``folded`` weights take the predicted point straight
+    to the next predicted point as the corrected one would (random state and outputs, float64, to 1e-12)."""
+    from scoresde.sampling.exponential import accumulate, combine
+
+    sde = VPSDE()
+    steps = unipc_steps(GridCoords.of(sde, sde.inverse_lambda(torch.linspace(-4, 5, 9, dtype=F64))), order,
+                        "bh2", prediction, True, False)  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 2, dtype=F64, generator=g)
+    outputs = [torch.randn(16, 2, dtype=F64, generator=g) for _ in range(order + 1)]  # m_{i+1}, m_i, m_{i-1}, ...
+    checked = 0
+    for i, (corrector, correction) in enumerate(zip(steps.corrector, steps.corrections, strict=True)):
+        if corrector is None:
+            assert correction is None
+            continue
+        predicted = combine(x, steps.state_coef[i], steps.weights[i], outputs[1:])
+        corrected = combine(x, steps.state_coef[i], corrector, outputs)
+        torch.testing.assert_close(accumulate(predicted, correction, outputs), corrected, rtol=1e-12, atol=1e-12)
+        # the loop folds this correction into the next step: from the predicted point straight to the next one
+        if i + 1 < len(steps.weights):
+            following = combine(corrected, steps.state_coef[i + 1], steps.weights[i + 1], outputs)
+            folded = combine(predicted, steps.state_coef[i + 1], steps.folded[i + 1], outputs)
+            torch.testing.assert_close(folded, following, rtol=1e-12, atol=1e-12)
+        checked += 1
+    assert checked == len(steps.weights) - 1  # every step but the last

@@ -111,3 +111,39 @@ def test_callback_sees_every_step(name):
     if name not in ("pc", "euler_maruyama", "unipc"):
         t = torch.full((4,), seen[2]["t"])
         torch.testing.assert_close(seen[2]["denoised"], mix.denoiser(seen[2]["x"], t, sde), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("offered", ["score", "x0_hat", "eps_hat"])
+def test_linear_form_of_every_view(offered):
+    """``ModelViews.linear(view, ...) = (p, q, own)`` with ``view = p x + q own``: for a model offering one output,
+    each view rebuilt from the linear form equals its analytic value (the mixture's score, ``-sigma score``, the
+    posterior mean) to float64 round-off, with float or per-sample ``alpha``, ``sigma``; ``p = 0``, ``q = 1`` where
+    the model has the view; one NFE per call."""
+    mix, sde = eight_gaussians_mixture(), VPSDE()
+    model = mix.score_fn(sde) if offered == "score" else ViewsOnly(mix, sde, views=(offered,))
+    views = ModelViews(model, sde)
+    x = torch.randn(8, 2, dtype=F64, generator=torch.Generator().manual_seed(3))
+    t = torch.full((8,), 0.3, dtype=F64)
+    alpha, sigma = float(sde.marginal_alpha(t[:1])), float(sde.marginal_std(t[:1]))
+    score = mix.score(x, t, sde)
+    exact = {"score": score, "eps": -sigma * score, "x0": mix.denoiser(x, t, sde)}
+    native = {"score": "score", "x0_hat": "x0", "eps_hat": "eps"}[offered]
+    for view, value in exact.items():
+        for scales in ((alpha, sigma), (None, None)):  # given as floats, or computed from the SDE as (B, 1)
+            p, q, own = views.linear(view, x, t, *scales)
+            torch.testing.assert_close(p * x + q * own, value, rtol=1e-12, atol=1e-12)
+            if view == native:
+                assert (p, q) == (0.0, 1.0)
+    assert views.nfe == 6
+
+
+def test_scale_is_bit_identical_to_multiplication():
+    """``scale(x, a)`` (0 + a x, the samplers' fast path) equals ``x * a`` bit for bit in float32 and float64."""
+    from scoresde.sampling.base import scale
+
+    for dtype in (torch.float32, F64):
+        x = torch.randn(1000, 3, dtype=dtype, generator=torch.Generator().manual_seed(0))
+        for a in (1.3, 0.0123, -7.5, 1 / 3):
+            assert torch.equal(scale(x, a), x * a)
+        c = torch.rand(1000, 1, dtype=dtype)
+        assert torch.equal(scale(x, c), x * c)

@@ -24,8 +24,8 @@ import torch
 from scoresde.sampling.grids import (
     GridOption,
     as_grid_option,
+    cached_per_sde,
     check_final_time,
-    check_grid,
     check_steps,
     final_time,
     resolve_grid,
@@ -48,9 +48,50 @@ class SampleResult:
     nfe: int
 
 
+_ZEROS: dict[tuple, torch.Tensor] = {}  # one 0-d zero per dtype and device, for :func:`scale`
+
+
+def scale(x: torch.Tensor, a: float | torch.Tensor) -> torch.Tensor:
+    """``a x`` as a new tensor. For a number ``a`` it is computed as ``0 + a x``, one fused addition to a cached 0-d
+    zero: bit-identical to ``x * a`` and, on the CPU in float32, about half its cost (multiplying by a Python number
+    converts the number to a tensor of ``x``'s dtype on every call; measured in benchmarks/bench_samplers.py)."""
+    if isinstance(a, torch.Tensor):
+        return x * a
+    zero = _ZEROS.get((x.dtype, x.device))
+    if zero is None:
+        zero = _ZEROS.setdefault((x.dtype, x.device), torch.zeros((), dtype=x.dtype, device=x.device))
+    return torch.add(zero, x, alpha=a)
+
+
+def add_scaled(x: torch.Tensor, c: float | torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``x + c y`` in one fused operation (a new tensor), ``c`` a number or a tensor broadcasting against ``y``."""
+    if isinstance(c, torch.Tensor):
+        return torch.addcmul(x, c, y)
+    return torch.add(x, y, alpha=c)
+
+
+def scaled_sum(a: float | torch.Tensor, x: torch.Tensor, b: float | torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``a x + b y`` in two operations (a new tensor), ``a``, ``b`` numbers or tensors broadcasting against ``x``."""
+    out = scale(x, a)
+    return out.addcmul_(b, y) if isinstance(b, torch.Tensor) else out.add_(y, alpha=b)
+
+
 def x0_from_eps(x: torch.Tensor, eps_hat: torch.Tensor, alpha: Scale, sigma: Scale) -> torch.Tensor:
     """Tweedie's data prediction from the noise prediction: ``x0_hat = (x - sigma eps_hat) / alpha``."""
-    return (x - sigma * eps_hat) / alpha
+    return scaled_sum(1 / alpha, x, -sigma / alpha, eps_hat)
+
+
+#: Which output a view is computed from, in order of preference.
+_PREFERENCE = {"score": ("score", "eps", "x0"), "eps": ("eps", "x0", "score"), "x0": ("x0", "eps", "score")}
+#: ``(view, own output) -> (alpha, sigma) -> (p, q)`` with ``view = p x + q own`` (Tweedie's formula, module doc).
+_CONVERSIONS = {
+    ("score", "eps"): lambda alpha, sigma: (0.0, -1 / sigma),
+    ("score", "x0"): lambda alpha, sigma: (-1 / sigma**2, alpha / sigma**2),
+    ("eps", "x0"): lambda alpha, sigma: (1 / sigma, -alpha / sigma),
+    ("eps", "score"): lambda alpha, sigma: (0.0, -sigma),
+    ("x0", "eps"): lambda alpha, sigma: (1 / alpha, -sigma / alpha),
+    ("x0", "score"): lambda alpha, sigma: (1 / alpha, sigma**2 / alpha),
+}
 
 
 class ModelViews:
@@ -70,6 +111,10 @@ class ModelViews:
         self._eps_hat = getattr(model, "eps_hat", None)
         if self._score is None and self._x0_hat is None and self._eps_hat is None:
             raise TypeError(f"a model must be a score function (x, t) or offer x0_hat / eps_hat, got {model!r}")
+        own = {"score": self._score, "eps": self._eps_hat, "x0": self._x0_hat}
+        #: view -> (the output the model gives for it, the function giving it): its own view where it has it
+        self._route = {view: next((name, own[name]) for name in order if own[name] is not None)
+                       for view, order in _PREFERENCE.items()}  # fmt: skip
 
     @staticmethod
     def _time(x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
@@ -85,43 +130,55 @@ class ModelViews:
             sigma = batch_broadcast(self.sde.marginal_std(t), x) if sigma is None else sigma
         return alpha, sigma
 
-    def score(self, x: torch.Tensor, t: float | torch.Tensor, alpha: Scale = None, sigma: Scale = None):
-        """``grad_x log p_t(x)``."""
+    def linear(self, view: str, x: torch.Tensor, t: float | torch.Tensor, alpha: Scale = None, sigma: Scale = None):
+        """One model call as ``(p, q, out)``: ``out`` the model's own output and ``view(x, t) = p x + q out`` (``view``
+        ``"score"``, ``"eps"`` or ``"x0"``; ``p = 0``, ``q = 1`` where the model has the view). A step linear in the
+        view folds ``p``, ``q`` into its coefficients and saves the conversion."""
         self.nfe += 1
         t = self._time(x, t)
-        if self._score is not None:
-            return self._score(x, t)
+        native, fn = self._route[view]
+        if native == view:
+            return 0.0, 1.0, fn(x, t)
         alpha, sigma = self._scales(x, t, alpha, sigma)
-        if self._eps_hat is not None:
-            return -self._eps_hat(x, t) / sigma
-        return (alpha * self._x0_hat(x, t) - x) / sigma**2
+        return (*_CONVERSIONS[view, native](alpha, sigma), fn(x, t))
+
+    def view(self, view: str, x: torch.Tensor, t: float | torch.Tensor, alpha: Scale = None, sigma: Scale = None):
+        """The model's ``view`` (``"score"``, ``"eps"`` or ``"x0"``) at ``(x, t)``: its own output, converted when
+        it lacks that view."""
+        native, fn = self._route[view]
+        if native == view:  # the model's own output: no conversion (the common case, kept short)
+            self.nfe += 1
+            return fn(x, self._time(x, t))
+        p, q, out = self.linear(view, x, t, alpha, sigma)
+        if not isinstance(p, torch.Tensor) and p == 0:
+            return out if not isinstance(q, torch.Tensor) and q == 1 else scale(out, q)
+        return scaled_sum(p, x, q, out)
+
+    def score(self, x: torch.Tensor, t: float | torch.Tensor, alpha: Scale = None, sigma: Scale = None):
+        """``grad_x log p_t(x)``."""
+        return self.view("score", x, t, alpha, sigma)
 
     def eps(self, x: torch.Tensor, t: float | torch.Tensor, alpha: Scale = None, sigma: Scale = None):
         """Noise prediction ``eps_hat(x, t)``."""
-        self.nfe += 1
-        t = self._time(x, t)
-        if self._eps_hat is not None:
-            return self._eps_hat(x, t)
-        alpha, sigma = self._scales(x, t, alpha, sigma)
-        if self._x0_hat is not None:
-            return (x - alpha * self._x0_hat(x, t)) / sigma
-        return -sigma * self._score(x, t)
+        return self.view("eps", x, t, alpha, sigma)
 
     def x0(self, x: torch.Tensor, t: float | torch.Tensor, alpha: Scale = None, sigma: Scale = None):
         """Data prediction ``x0_hat(x, t) = E[x_0 | x_t = x]``."""
-        self.nfe += 1
-        t = self._time(x, t)
-        if self._x0_hat is not None:
-            return self._x0_hat(x, t)
-        alpha, sigma = self._scales(x, t, alpha, sigma)
-        if self._eps_hat is not None:
-            return x0_from_eps(x, self._eps_hat(x, t), alpha, sigma)
-        return (x + sigma**2 * self._score(x, t)) / alpha
+        return self.view("x0", x, t, alpha, sigma)
 
     __call__ = score
 
     def __repr__(self) -> str:
         return f"ModelViews({self.model!r}, nfe={self.nfe})"
+
+
+def linear_in_view(
+    model: ModelViews, view: str, a: Scale, x: torch.Tensor, b: Scale, t: torch.Tensor, alpha: Scale, sigma: Scale
+) -> torch.Tensor:
+    """``a x + b view(x, t)`` (one NFE) in two tensor operations: the conversion of the model's own output to
+    ``view`` is folded into the two coefficients (:meth:`ModelViews.linear`)."""
+    p, q, out = model.linear(view, x, t, alpha, sigma)
+    return scaled_sum(a + b * p, x, b * q, out)
 
 
 #: The counting wrapper of a plain score function (its call is the score view).
@@ -163,8 +220,9 @@ def initial_state(
 
 
 def batch_times(grid: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
-    """Every grid time as a ``(B,)`` tensor in ``x``'s dtype and device, built once per run."""
-    return [torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device) for t in grid.tolist()]
+    """Every grid time as a ``(B,)`` tensor in ``x``'s dtype and device, built once per run (one allocation)."""
+    column = grid.detach().to(device=x.device, dtype=x.dtype)[:, None]
+    return list(column.expand(-1, x.shape[0]).contiguous().unbind(0))
 
 
 @dataclass(frozen=True)
@@ -180,13 +238,18 @@ class GridCoords:
 
     @classmethod
     def of(cls, sde: LinearSDE, grid: torch.Tensor) -> GridCoords:
-        g = grid.detach().to(device="cpu", dtype=torch.float64)
-        lam = sde.marginal_lambda(g)
-        values = (g, sde.marginal_alpha(g), sde.marginal_std(g), lam, torch.exp(-lam))
-        return cls(*(tuple(v.tolist()) for v in values))
+        return _grid_coords(sde, tuple(grid.detach().to(device="cpu", dtype=torch.float64).tolist()))
 
     def __len__(self) -> int:
         return len(self.times)
+
+
+@cached_per_sde
+def _grid_coords(sde: LinearSDE, times: tuple[float, ...]) -> GridCoords:
+    g = torch.tensor(times, dtype=torch.float64)
+    lam = sde.marginal_lambda(g)
+    values = (sde.marginal_alpha(g), sde.marginal_std(g), lam, torch.exp(-lam))
+    return GridCoords(times, *(tuple(v.tolist()) for v in values))
 
 
 def start_grid(sde: LinearSDE, model, x: torch.Tensor, grid: torch.Tensor) -> tuple[ModelViews, GridCoords, list]:
@@ -286,7 +349,7 @@ class GridSampler(Sampler):
                             getattr(self, "rho", 7.0))  # fmt: skip
 
     def check(self, sde: LinearSDE) -> None:
-        check_grid(self.time_grid(sde), sde)
+        self.time_grid(sde)  # checked there: given times against the SDE, named grids once when built
 
     def with_grid(self, grid: GridOption) -> GridSampler:
         """A copy of this sampler running on ``grid`` (its ``steps`` / ``eps`` then follow from the times)."""

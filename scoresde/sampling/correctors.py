@@ -21,7 +21,13 @@ Corrector = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 def _mean_norm(v: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=1).mean()
+    """The per-sample norm of ``v``, averaged over the batch (a 0-d tensor; one norm over every axis but the first)."""
+    return torch.linalg.vector_norm(v, dim=tuple(range(1, v.ndim))).mean()
+
+
+def _add_product(x: torch.Tensor, c: float | torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``x + c u v`` in one fused operation where ``c`` is a number (two where it is a tensor)."""
+    return torch.addcmul(x, u * c, v) if isinstance(c, torch.Tensor) else torch.addcmul(x, u, v, value=c)
 
 
 def _langevin_steps(
@@ -30,18 +36,28 @@ def _langevin_steps(
     t: torch.Tensor,
     n_steps: int,
     generator: Generator,
-    step_size: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    level: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    step_coef: float | torch.Tensor,
+    std_coef: float | torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n_steps`` of ``x <- x + step * score + sqrt(2 step) z`` with ``step = step_size(score, z)`` (``(B,)``; the
-    paper's ``epsilon``)."""
+    """``n_steps`` of ``x <- x + step * score + sqrt(2 step) z`` with ``step = step_coef q^2`` (the paper's
+    ``epsilon``) and ``sqrt(2 step) = std_coef q``, where ``q = level(score, z)`` is 0-d or ``(B,)``."""
+    if isinstance(step_coef, torch.Tensor):
+        step_coef, std_coef = batch_broadcast(step_coef, x), batch_broadcast(std_coef, x)
     x_mean = x
     for _ in range(n_steps):
         grad = score(x, t)
         noise = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        step = step_size(grad, noise)
-        x_mean = x + batch_broadcast(step, x) * grad
-        x = x_mean + batch_broadcast(torch.sqrt(2 * step), x) * noise
+        q = batch_broadcast(level(grad, noise), x)
+        x_mean = _add_product(x, step_coef, q.square(), grad)
+        x = _add_product(x_mean, std_coef, q, noise)
     return x, x_mean
+
+
+def _coefficients(alpha_ts_sq: torch.Tensor | float, snr: float) -> tuple:
+    """``2 alpha_{t|s}^2 r^2`` and ``2 alpha_{t|s} r``: with ``step = 2 alpha_{t|s}^2 (r q)^2``, ``step`` and
+    ``sqrt(2 step)`` are these times ``q^2`` and ``q``."""
+    return 2 * alpha_ts_sq * snr**2, 2 * alpha_ts_sq**0.5 * snr
 
 
 def langevin(
@@ -56,10 +72,10 @@ def langevin(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Langevin corrector with the signal-to-noise step rule ``eps = 2 alpha_{t|s}^2 (r ||z|| / ||s||)^2`` (Alg. 4)."""
 
-    def step_size(grad: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return 2 * alpha_ts_sq * (snr * _mean_norm(noise) / _mean_norm(grad).clamp_min(1e-30)) ** 2
+    def level(grad: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return _mean_norm(noise).div_(_mean_norm(grad).clamp_min_(1e-30))
 
-    return _langevin_steps(score, x, t, n_steps, generator, step_size)
+    return _langevin_steps(score, x, t, n_steps, generator, level, *_coefficients(alpha_ts_sq, snr))
 
 
 def annealed_langevin(
@@ -73,8 +89,8 @@ def annealed_langevin(
     generator: Generator = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Annealed Langevin dynamics of NCSN (Song & Ermon 2019): step ``2 alpha_{t|s}^2 (r sigma_t)^2``."""
-    step = 2 * alpha_ts_sq * (snr * sde.marginal_std(t)) ** 2
-    return _langevin_steps(score, x, t, n_steps, generator, lambda grad, noise: step)
+    sigma = sde.marginal_std(t)
+    return _langevin_steps(score, x, t, n_steps, generator, lambda grad, noise: sigma, *_coefficients(alpha_ts_sq, snr))
 
 
 CORRECTORS: dict[str, Corrector | None] = {"langevin": langevin, "annealed_langevin": annealed_langevin, "none": None}

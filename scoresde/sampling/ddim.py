@@ -23,6 +23,7 @@ from scoresde.sampling.base import (
     GridSampler,
     StepCallback,
     progress_iter,
+    scaled_sum,
     start_grid,
     x0_from_eps,
 )
@@ -59,12 +60,12 @@ def sample_ddim(
     for i, (state_coef, eps_coef, noise_std) in enumerate(
         progress_iter(ddim_coefficients(coords, eta), progress, "ddim")
     ):
-        eps_hat = model.eps(x, times[i], coords.alpha[i], coords.sigma[i])
+        # eps_hat = p x + q own (own: the model's output), folded into the step's coefficients
+        p, q, own = model.linear("eps", x, times[i], coords.alpha[i], coords.sigma[i])
         if callback is not None:
-            denoised = x0_from_eps(x, eps_hat, coords.alpha[i], coords.sigma[i])
+            denoised = x0_from_eps(x, scaled_sum(p, x, q, own), coords.alpha[i], coords.sigma[i])
             callback({"i": i, "t": coords.times[i], "x": x, "denoised": denoised})
-        out = x * state_coef
-        out.add_(eps_hat, alpha=eps_coef)
+        out = scaled_sum(state_coef + eps_coef * p, x, eps_coef * q, own)
         if eta > 0:
             out.add_(randn(x.shape, generator=generator, device=x.device, dtype=x.dtype), alpha=noise_std)
         x = out

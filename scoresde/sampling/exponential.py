@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from scoresde.sampling.base import GridCoords, ModelViews, StepCallback, progress_iter, x0_from_eps
+from scoresde.sampling.base import GridCoords, ModelViews, StepCallback, progress_iter, scale, x0_from_eps
 
 PREDICTIONS = ("data", "noise")
 
@@ -44,19 +44,56 @@ class LinearSteps:
     weights: tuple[tuple[float, ...], ...]
     corrector: tuple[tuple[float, ...] | None, ...] | None = None
 
+    @functools.cached_property
+    def corrections(self) -> tuple[tuple[float, ...] | None, ...]:
+        """Per step, the weights of the corrected point relative to the predicted one: both start from
+        ``state_coef[i] x_i``, so ``corrected = predicted + sum_j (corrector[i][j] - [0, *weights[i]][j]) m_j`` (the
+        state term cancels: one scaled tensor fewer per step)."""
+        out = []
+        for c, w in zip(self.corrector or (None,) * len(self.weights), self.weights, strict=True):
+            shifted = (0.0, *w) + (0.0,) * max(len(c or ()) - len(w) - 1, 0)  # the predictor's, on m_{i+1}, m_i, ..
+            out.append(None if c is None else tuple(cj - pj for cj, pj in zip(c, shifted, strict=False)))
+        return tuple(out)
+
+    @functools.cached_property
+    def folded(self) -> tuple[tuple[float, ...], ...]:
+        """Per step, the weights that take the *predicted* point ``x_i`` (where the model was called) to the next
+        predicted point: the corrected point is only the base of the next step, so its correction folds into that
+        step, ``x_{i+1} = state_coef[i] (x_i + sum_j corrections[i-1][j] m_j) + sum_j weights[i][j] m_j``. Without
+        a corrector these are ``weights``."""
+        out = []
+        for i, w in enumerate(self.weights):
+            c = self.corrections[i - 1] if i > 0 else None
+            if c is None:
+                out.append(w)
+                continue
+            n = max(len(w), len(c))
+            w, c = (*w, *(0.0,) * (n - len(w))), (*c, *(0.0,) * (n - len(c)))
+            out.append(tuple(wj + self.state_coef[i] * cj for wj, cj in zip(w, c, strict=True)))
+        return tuple(out)
+
     @property
     def history(self) -> int:
         """How many past outputs any step uses."""
-        used = [len(w) for w in self.weights] + [len(c) - 1 for c in (self.corrector or []) if c is not None]
+        used = [len(w) for w in self.folded] + [len(c) for c in self.corrections if c is not None]
         return max(used)
 
 
 def combine(x: torch.Tensor, state_coef: float, weights, outputs) -> torch.Tensor:
     """``state_coef x + sum_j weights[j] outputs[j]`` (zero weights skipped)."""
-    out = x * state_coef
+    out = scale(x, state_coef)
     for w, m in zip(weights, outputs, strict=False):
         if w != 0.0:
             out.add_(m, alpha=w)
+    return out
+
+
+def accumulate(x: torch.Tensor, weights, outputs) -> torch.Tensor:
+    """``x + sum_j weights[j] outputs[j]`` as a new tensor (``x`` itself when every weight is zero)."""
+    out = x
+    for w, m in zip(weights, outputs, strict=False):
+        if w != 0.0:
+            out = torch.add(out, m, alpha=w) if out is x else out.add_(m, alpha=w)
     return out
 
 
@@ -70,22 +107,21 @@ def run_linear_steps(
     progress: bool | None = None,
     desc: str = "sampling",
 ) -> torch.Tensor:
-    """The multistep loop over the grid of ``coords``: one model call per step (at the state reached, before its
-    correction when a corrector is on), the corrector of the previous step, then the step itself."""
+    """The multistep loop over the grid of ``coords``: one model call per step, at the predicted point ``x`` (with a
+    corrector, the previous step's correction is folded into this step: :attr:`LinearSteps.folded`; the corrected
+    point is formed only for the callback), then the step."""
     view = model.x0 if steps.prediction == "data" else model.eps
     keep = max(steps.history, 1)
     outputs: list[torch.Tensor] = []  # model outputs at previous grid points, newest first
-    x_prev = x
     for i in progress_iter(range(len(coords) - 1), progress, desc):
         m = view(x, times[i], coords.alpha[i], coords.sigma[i])
-        if i > 0 and steps.corrector is not None and steps.corrector[i - 1] is not None:
-            x = combine(x_prev, steps.state_coef[i - 1], steps.corrector[i - 1], [m, *outputs])
         outputs = [m, *outputs][:keep]
         if callback is not None:
-            denoised = m if steps.prediction == "data" else x0_from_eps(x, m, coords.alpha[i], coords.sigma[i])
-            callback({"i": i, "t": coords.times[i], "x": x, "denoised": denoised})
-        x_prev = x
-        x = combine(x, steps.state_coef[i], steps.weights[i], outputs)
+            correction = steps.corrections[i - 1] if i > 0 else None
+            corrected = x if correction is None else accumulate(x, correction, outputs)
+            denoised = m if steps.prediction == "data" else x0_from_eps(corrected, m, coords.alpha[i], coords.sigma[i])
+            callback({"i": i, "t": coords.times[i], "x": corrected, "denoised": denoised})
+        x = combine(x, steps.state_coef[i], steps.folded[i], outputs)
     return x
 
 

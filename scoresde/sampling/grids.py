@@ -20,6 +20,7 @@ The final time ``eps`` defaults to the SDE's own ``sde.eps`` where it defines on
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,8 +34,40 @@ GRIDS = ("uniform", "quadratic", "edm", "logsnr", "logistic")
 LOGISTIC_CENTER = 0.5  # lambda at the centre of the logistic grid: sigma_hat = e^(-1/2)
 GRID_FILE_SUFFIXES = (".pt", ".npy")
 DEFAULT_FINAL_TIME = 1e-3
+CACHE_SIZE = 128  # grids (and their coefficient tables) remembered per cached builder
 
 GridOption = str | Sequence[float] | torch.Tensor | np.ndarray | None
+
+
+def sde_fingerprint(sde: LinearSDE) -> tuple | None:
+    """A hashable value that fixes ``sde``'s schedule: its class and its instance attributes, where these are all
+    plain numbers or strings (``None`` otherwise, e.g. an SDE holding a tensor: its tables are then not cached)."""
+    state = getattr(sde, "__dict__", None)
+    if state is None or not all(isinstance(v, (int, float, str, bool, type(None))) for v in state.values()):
+        return None
+    return type(sde), tuple(state.items())  # (unsorted: another order is another key, never a wrong one)
+
+
+def cached_per_sde(build):
+    """Memoize ``build(sde, *args)`` (hashable ``args``, an immutable result) on the SDE's :func:`sde_fingerprint`:
+    a grid's times and schedule coefficients are computed once however many batches are sampled on it, and an SDE
+    whose parameters change gets new ones."""
+    table: dict = {}
+
+    @functools.wraps(build)
+    def cached(sde: LinearSDE, *args):
+        fingerprint = sde_fingerprint(sde)
+        if fingerprint is None:
+            return build(sde, *args)
+        key = (fingerprint, args)
+        if key not in table:
+            if len(table) >= CACHE_SIZE:
+                table.pop(next(iter(table)))  # the oldest entry
+            table[key] = build(sde, *args)
+        return table[key]
+
+    cached.cache_clear = table.clear
+    return cached
 
 
 def final_time(sde: LinearSDE, eps: float | None = None) -> float:
@@ -71,14 +104,15 @@ def check_grid(grid: torch.Tensor, sde: LinearSDE | None = None, source: str = "
     g = g.to(device="cpu", dtype=torch.float64)
     if g.ndim != 1 or g.numel() < 2:
         raise ValueError(f"{source} must be a 1-D sequence of at least 2 times (T, ..., eps), got {tuple(g.shape)}")
-    if not torch.isfinite(g).all():
-        raise ValueError(f"{source} contains NaN or inf: {g.tolist()}")
-    if not (g[1:] < g[:-1]).all():
-        raise ValueError(f"{source} must be strictly decreasing from T to the final time, got {g.tolist()}")
-    if g[-1] <= 0:
-        raise ValueError(f"{source} must end at a final time > 0, got {float(g[-1])}")
-    if sde is not None and not math.isclose(float(g[0]), float(sde.T), rel_tol=1e-9, abs_tol=1e-12):
-        raise ValueError(f"{source} must start at the SDE's T = {sde.T}, got {float(g[0])}")
+    times = g.tolist()  # checked as Python floats: a handful of tensor operations costs more on short grids
+    if not all(math.isfinite(v) for v in times):
+        raise ValueError(f"{source} contains NaN or inf: {times}")
+    if not all(b < a for a, b in zip(times[:-1], times[1:], strict=True)):
+        raise ValueError(f"{source} must be strictly decreasing from T to the final time, got {times}")
+    if times[-1] <= 0:
+        raise ValueError(f"{source} must end at a final time > 0, got {times[-1]}")
+    if sde is not None and not math.isclose(times[0], float(sde.T), rel_tol=1e-9, abs_tol=1e-12):
+        raise ValueError(f"{source} must start at the SDE's T = {sde.T}, got {times[0]}")
     return g
 
 
@@ -177,4 +211,9 @@ def resolve_grid(
     eps = final_time(sde, eps)
     if not eps < sde.T:
         raise ValueError(f"eps (the final time) must be < T = {sde.T}, got {eps}")
-    return time_grid(sde, n, eps, grid or default_grid, rho=rho)
+    return _named_grid(sde, grid or default_grid, n, eps, rho).clone()  # a copy: callers may change theirs
+
+
+@cached_per_sde
+def _named_grid(sde: LinearSDE, kind: str, steps: int, eps: float, rho: float) -> torch.Tensor:
+    return check_grid(time_grid(sde, steps, eps, kind, rho=rho), sde, f"the {kind} grid of {steps} steps")

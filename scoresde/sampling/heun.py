@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from scoresde.sampling.base import GridOption, GridSampler, StepCallback, progress_iter, start_grid
+from scoresde.sampling.base import GridOption, GridSampler, StepCallback, add_scaled, progress_iter, scale, start_grid
 from scoresde.sde import LinearSDE
 from scoresde.utils import Generator, randn
 
@@ -41,25 +41,26 @@ def sample_heun(
     model, coords, times = start_grid(sde, model, x, grid)
     sigma_hat, alpha = coords.sigma_hat, coords.alpha
     n = len(grid) - 1
-    y = x / alpha[0]
+    y = scale(x, 1 / alpha[0])
     for i in progress_iter(range(n), progress, "heun"):
         s_cur, t_cur, a_cur = sigma_hat[i], times[i], alpha[i]
         gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= s_cur <= s_tmax else 0.0
         if gamma > 0:  # churn: raise the noise level by fresh noise
             s_raised = min(s_cur * (1 + gamma), sigma_hat[0])
             z = randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
-            y = y + math.sqrt(max(s_raised**2 - s_cur**2, 0.0)) * s_noise * z
+            y = add_scaled(y, math.sqrt(max(s_raised**2 - s_cur**2, 0.0)) * s_noise, z)
             t_raised = time_of_sigma_hat(sde, s_raised)
             s_cur, t_cur = s_raised, torch.full_like(times[i], t_raised)
             a_cur = float(sde.marginal_alpha(torch.tensor([t_raised], dtype=torch.float64)))
-        slope = model.eps(a_cur * y, t_cur, a_cur, a_cur * s_cur)
+        x_cur = scale(y, a_cur)
+        slope = model.eps(x_cur, t_cur, a_cur, a_cur * s_cur)
         if callback is not None:
-            callback({"i": i, "t": float(t_cur[0]), "x": a_cur * y, "denoised": y - s_cur * slope})
+            callback({"i": i, "t": float(t_cur[0]), "x": x_cur, "denoised": add_scaled(y, -s_cur, slope)})
         h = sigma_hat[i + 1] - s_cur
-        y_euler = y + h * slope
-        slope_end = model.eps(alpha[i + 1] * y_euler, times[i + 1], alpha[i + 1], coords.sigma[i + 1])
-        y = y + 0.5 * h * (slope + slope_end)
-    return alpha[-1] * y
+        y_euler = add_scaled(y, h, slope)
+        slope_end = model.eps(scale(y_euler, alpha[i + 1]), times[i + 1], alpha[i + 1], coords.sigma[i + 1])
+        y = add_scaled(y, 0.5 * h, slope + slope_end)
+    return scale(y, alpha[-1])
 
 
 class HeunSampler(GridSampler):

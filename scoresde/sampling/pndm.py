@@ -20,11 +20,15 @@ from scoresde.sampling.base import (
     GridSampler,
     ModelViews,
     StepCallback,
+    add_scaled,
     progress_iter,
+    scale,
+    scaled_sum,
     start_grid,
     x0_from_eps,
 )
 from scoresde.sampling.exponential import LinearSteps, cached_per_grid, check_choice, combine
+from scoresde.sampling.grids import cached_per_sde
 from scoresde.sde import LinearSDE
 from scoresde.utils import Generator
 
@@ -60,6 +64,7 @@ def pndm_steps(coords: GridCoords, variant: str = "f") -> LinearSteps:
     return LinearSteps("noise", tuple(state_coef), tuple(weights))
 
 
+@cached_per_sde
 def midpoint(sde: LinearSDE, coords: GridCoords, i: int) -> tuple[float, float, float]:
     """Time, ``alpha`` and ``sigma_hat`` halfway in ``sigma_hat`` between grid points ``i`` and ``i + 1``."""
     mid = 0.5 * (coords.sigma_hat[i] + coords.sigma_hat[i + 1])
@@ -80,22 +85,23 @@ def pseudo_runge_kutta(
     """One warm-up step from grid point ``i`` given ``eps_hat`` there: pseudo RK4 (``f``) or improved Euler (``s``)."""
     alpha, sigma_hat = coords.alpha, coords.sigma_hat
     h = sigma_hat[i + 1] - sigma_hat[i]
-    y = x / alpha[i]
+    y = scale(x, 1 / alpha[i])
 
     def eps_at(y_stage: torch.Tensor, t: torch.Tensor, a: float, s_hat: float) -> torch.Tensor:
-        return model.eps(a * y_stage, t, a, a * s_hat)
+        return model.eps(scale(y_stage, a), t, a, a * s_hat)
 
     if variant == "s":
-        e2 = eps_at(y + h * eps_hat, t_next, alpha[i + 1], sigma_hat[i + 1])
-        slope = (eps_hat + e2) / 2
+        e2 = eps_at(add_scaled(y, h, eps_hat), t_next, alpha[i + 1], sigma_hat[i + 1])
+        slope_sum, weight = eps_hat + e2, h / 2  # y + h (e1 + e2) / 2
     else:
         t_mid, a_mid, s_mid = midpoint(sde, coords, i)
         t_mid = torch.full_like(t_next, t_mid)
-        e2 = eps_at(y + 0.5 * h * eps_hat, t_mid, a_mid, s_mid)
-        e3 = eps_at(y + 0.5 * h * e2, t_mid, a_mid, s_mid)
-        e4 = eps_at(y + h * e3, t_next, alpha[i + 1], sigma_hat[i + 1])
-        slope = (eps_hat + 2 * e2 + 2 * e3 + e4) / 6
-    return alpha[i + 1] * (y + h * slope)
+        e2 = eps_at(add_scaled(y, 0.5 * h, eps_hat), t_mid, a_mid, s_mid)
+        e3 = eps_at(add_scaled(y, 0.5 * h, e2), t_mid, a_mid, s_mid)
+        e4 = eps_at(add_scaled(y, h, e3), t_next, alpha[i + 1], sigma_hat[i + 1])
+        # y + h (e1 + 2 e2 + 2 e3 + e4) / 6
+        slope_sum, weight = torch.add(eps_hat, e2, alpha=2).add_(e3, alpha=2).add_(e4), h / 6
+    return scaled_sum(alpha[i + 1], y, alpha[i + 1] * weight, slope_sum)
 
 
 def sample_pndm(

@@ -11,11 +11,12 @@ grid by the PC loop (:func:`grid_schedules`), and each update formula is written
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
-from scoresde.sampling.base import ModelViews, as_views
+from scoresde.sampling.base import ModelViews, add_scaled, as_views, linear_in_view
+from scoresde.sampling.grids import cached_per_sde
 from scoresde.sde import LinearSDE, ScoreFn
 from scoresde.utils import Generator, batch_broadcast, randn
 
@@ -23,10 +24,10 @@ Predictor = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 Scalar = float | torch.Tensor
 
 
-@dataclass(frozen=True)
-class StepSchedule:
+class StepSchedule(NamedTuple):
     """The schedule of one step ``t -> s``: ``alpha``, ``sigma`` at both ends, the transition variance
-    ``sigma_t^2 - alpha_{t|s}^2 sigma_s^2``, and the drift coefficient ``f(t)`` and ``g(t)^2`` of the forward SDE."""
+    ``sigma_t^2 - alpha_{t|s}^2 sigma_s^2``, and the drift coefficient ``f(t)`` and ``g(t)^2`` of the forward SDE.
+    (A named tuple: the PC loop builds one per grid step, and a tuple is the cheapest record to build.)"""
 
     alpha_t: Scalar
     alpha_s: Scalar
@@ -45,13 +46,20 @@ def step_schedule(sde: LinearSDE, x: torch.Tensor, t: torch.Tensor, s: torch.Ten
     return StepSchedule(*(batch_broadcast(v, x) for v in values))
 
 
-def grid_schedules(sde: LinearSDE, grid: torch.Tensor) -> list[StepSchedule]:
-    """The schedule of every step of ``grid`` as floats, computed with one vectorized call per SDE member."""
-    g = grid.to(device="cpu", dtype=torch.float64)
+def grid_schedules(sde: LinearSDE, grid: torch.Tensor) -> tuple[StepSchedule, ...]:
+    """The schedule of every step of ``grid`` as floats, computed with one vectorized call per SDE member (once per
+    grid and SDE: see :func:`~scoresde.sampling.grids.cached_per_sde`)."""
+    return _grid_schedules(sde, tuple(grid.detach().to(device="cpu", dtype=torch.float64).tolist()))
+
+
+@cached_per_sde
+def _grid_schedules(sde: LinearSDE, times: tuple[float, ...]) -> tuple[StepSchedule, ...]:
+    g = torch.tensor(times, dtype=torch.float64)
     t, s = g[:-1], g[1:]
-    columns = (sde.marginal_alpha(t), sde.marginal_alpha(s), sde.marginal_std(t), sde.marginal_std(s),
-               sde.transition_var(t, s), sde.drift_coef(t), sde.diffusion_sq(t), s - t)  # fmt: skip
-    return [StepSchedule(*row) for row in zip(*(c.tolist() for c in columns), strict=True)]
+    alpha, sigma = sde.marginal_alpha(g).tolist(), sde.marginal_std(g).tolist()
+    columns = (alpha[:-1], alpha[1:], sigma[:-1], sigma[1:], sde.transition_var(t, s).tolist(),
+               sde.drift_coef(t).tolist(), sde.diffusion_sq(t).tolist(), (s - t).tolist())  # fmt: skip
+    return tuple(StepSchedule(*row) for row in zip(*columns, strict=True))
 
 
 def _with_noise(
@@ -60,7 +68,8 @@ def _with_noise(
     """``(x_mean + std z, x_mean)``; on the probability flow (deterministic) ``(x_mean, x_mean)``."""
     if probability_flow:
         return x_mean, x_mean
-    return x_mean + std * randn(x_mean.shape, generator=generator, device=x_mean.device, dtype=x_mean.dtype), x_mean
+    z = randn(x_mean.shape, generator=generator, device=x_mean.device, dtype=x_mean.dtype)
+    return add_scaled(x_mean, std, z), x_mean
 
 
 def euler_maruyama_update(
@@ -74,7 +83,9 @@ def euler_maruyama_update(
     """Euler–Maruyama on the reverse SDE ``dx = [f x - g^2 s] dt + g dw`` (probability flow: ``g^2 s / 2``, no
     noise), Song et al. 2021, Eq. 6 and 13."""
     weight = 0.5 if probability_flow else 1.0
-    x_mean = x + (step.drift_coef * x - weight * step.diffusion_sq * model.score(x, t)) * step.dt
+    # x + (f x - w g^2 score) dt, with the coefficients of x and score folded (numbers on a grid)
+    x_mean = linear_in_view(model, "score", 1 + step.drift_coef * step.dt, x, -weight * step.diffusion_sq * step.dt,
+                            t, step.alpha_t, step.sigma_t)  # fmt: skip
     return _with_noise(x_mean, (step.diffusion_sq * -step.dt) ** 0.5, generator, probability_flow)
 
 
@@ -90,7 +101,8 @@ def reverse_diffusion_update(
     ``x_s = x_t - (alpha_{t|s} - 1) x_t + G^2 score + G z`` (Song et al. 2021, Eq. 46), finite for any step size."""
     weight = 0.5 if probability_flow else 1.0
     alpha_ts = step.alpha_t / step.alpha_s
-    x_mean = (2 - alpha_ts) * x + weight * step.transition_var * model.score(x, t)
+    x_mean = linear_in_view(model, "score", 2 - alpha_ts, x, weight * step.transition_var,
+                            t, step.alpha_t, step.sigma_t)  # fmt: skip
     return _with_noise(x_mean, step.transition_var**0.5, generator, probability_flow)
 
 
@@ -112,8 +124,8 @@ def ancestral_update(
     if probability_flow:
         raise ValueError("the ancestral predictor has no probability-flow form; use reverse_diffusion or ddim")
     var_t, var_s, v = step.sigma_t**2, step.sigma_s**2, step.transition_var
-    x0 = model.x0(x, t, step.alpha_t, step.sigma_t)
-    x_mean = (step.alpha_t / step.alpha_s * var_s / var_t) * x + (step.alpha_s * v / var_t) * x0
+    x_mean = linear_in_view(model, "x0", step.alpha_t / step.alpha_s * var_s / var_t, x, step.alpha_s * v / var_t,
+                            t, step.alpha_t, step.sigma_t)  # fmt: skip
     return _with_noise(x_mean, (v * var_s / var_t) ** 0.5, generator, False)
 
 

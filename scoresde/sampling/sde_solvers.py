@@ -13,6 +13,7 @@ import torchsde
 from torchsde._brownian.brownian_base import BaseBrownian
 
 from scoresde.sampling.base import GridOption, GridSampler, ModelViews
+from scoresde.sampling.ode import reverse_drift
 from scoresde.sde import LinearSDE
 
 METHODS = ("euler", "milstein", "srk")
@@ -63,24 +64,29 @@ class _ReverseTime(torch.nn.Module):
 
     def __init__(self, sde: LinearSDE, score: ModelViews, shape: tuple[int, ...], eps: float):
         super().__init__()
-        self.sde, self.shape, self.eps = sde, shape, eps
-        self.reverse = sde.reverse(score)
+        self.sde, self.score, self.shape, self.eps = sde, score, shape, eps
         self._last: tuple | None = None  # torchsde checks shapes with f(t0, y0), then steps from (t0, y0) again
+        self._time: tuple | None = None  # (s, t, g) at the last time asked: torchsde asks for f and g (twice) there
 
-    def _t(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return (self.sde.T - s).to(y.dtype).clamp(self.eps, self.sde.T).expand(y.shape[0])
+    def _at(self, s: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The time ``t = T - s`` (shape ``(1,)``, clamped to ``[eps, T]``) and ``g(t)`` expanded to ``y``."""
+        key = float(s)
+        if self._time is None or self._time[0] != key:
+            t = torch.full((1,), min(max(self.sde.T - key, self.eps), self.sde.T), dtype=y.dtype, device=y.device)
+            self._time = (key, t, torch.sqrt(self.sde.diffusion_sq(t)).expand_as(y))
+        return self._time[1], self._time[2]
 
     def f(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         key = (float(s), y.data_ptr(), y._version)
         if self._last is not None and self._last[0] == key:
             return self._last[1]
-        drift, _ = self.reverse.sde(y.reshape(self.shape), self._t(s, y))
-        out = -drift.reshape(y.shape)
+        t = self._at(s, y)[0]
+        out = reverse_drift(self.sde, self.score, y.reshape(self.shape), t, 1.0).reshape(y.shape).neg_()
         self._last = (key, out)
         return out
 
     def g(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return torch.sqrt(self.sde.diffusion_sq(self._t(s, y)))[:, None].expand_as(y)
+        return self._at(s, y)[1]
 
 
 class SDEIntSampler(GridSampler):
