@@ -19,6 +19,7 @@ from tests.test_train_cli import cli
 
 MAIN_MODEL = [
     "model=digits_ddpmpp",
+    "model.net.dropout=0.1",  # the main job has none; with it the resume must also restore the dropout RNG
     "data=digits",
     "trainer.sample_n=0",
     "trainer.export=false",

@@ -198,12 +198,16 @@ def train_in_process(run_dir: Path, *overrides: str):
     return train(compose_cfg(*TOY, *overrides), run_dir)
 
 
+CONSTANT_LR = ["optim.scheduler.lr_lambda.final=1.0"]  # the cosine to 1.0: warm-up, then constant
+
+
 def test_resume_extends_a_finished_run(tmp_path):
-    """Resuming a finished run with more steps continues it; the same as training for the total at once."""
+    """Resuming a finished run with more steps continues it; with a schedule that does not depend on the run's length
+    (warm-up, then constant) the same as training for the total at once."""
     ref, run = tmp_path / "ref", tmp_path / "run"
-    train_in_process(ref, "trainer.steps=60", "trainer.ckpt_every=20")
-    train_in_process(run, "trainer.steps=40", "trainer.ckpt_every=20")
-    res = train_in_process(run, "trainer.steps=60", "trainer.ckpt_every=20")
+    train_in_process(ref, "trainer.steps=60", "trainer.ckpt_every=20", *CONSTANT_LR)
+    train_in_process(run, "trainer.steps=40", "trainer.ckpt_every=20", *CONSTANT_LR)
+    res = train_in_process(run, "trainer.steps=60", "trainer.ckpt_every=20", *CONSTANT_LR)
     assert res.step == 60
     a, b = checkpoint_tensors(ref / "checkpoints" / "last.pt"), checkpoint_tensors(run / "checkpoints" / "last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -407,3 +411,27 @@ def test_slurm_launcher_config_composes():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.additional_parameters.requeue is True and launcher.max_num_timeout > 0
+
+
+def test_cosine_schedule_runs_to_the_end_of_the_run_and_stretches_on_resume(tmp_path):
+    """The preset's WarmupCosine (total = trainer.steps): the logged rate at step k is lr (1 + cos(pi (k - W) /
+    (N - W))) / 2 after the warm-up W; a run resumed with more steps N' continues on the cosine stretched to N'."""
+    import json
+
+    lr, w = 2e-3, 20
+
+    def logged(run):
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["lr"] for r in rows if "lr" in r}
+
+    def cosine(k, n):  # the rate of the optimizer step after step k has been taken (LambdaLR steps after each)
+        return lr * (min(k / w, 1.0) if k <= w else 0.5 * (1 + math.cos(math.pi * min(k - w, n - w) / (n - w))))
+
+    run = tmp_path / "run"
+    train_in_process(run, "trainer.steps=60", "trainer.ckpt_every=20")
+    first = logged(run)
+    assert {k: first[k] for k in (20, 40, 60)} == pytest.approx({k: cosine(k, 60) for k in (20, 40, 60)}, abs=1e-12)
+    assert first[60] == pytest.approx(0.0, abs=1e-12)
+    train_in_process(run, "trainer.steps=100", "trainer.ckpt_every=20")
+    second = logged(run)
+    assert {k: second[k] for k in (80, 100)} == pytest.approx({k: cosine(k, 100) for k in (80, 100)}, abs=1e-12)

@@ -142,22 +142,34 @@ class LinearWarmup:
 class WarmupCosine(LinearWarmup):
     """:class:`LinearWarmup`, then a half-cosine from the full rate down to ``final`` times it at step ``total``
     (Loshchilov & Hutter 2017, SGDR, without restarts); ``final`` after ``total``. For short runs, where an annealed
-    rate reaches a lower loss than a constant one in the same number of steps; ``total`` is usually
-    ``trainer.steps``."""
+    rate reaches better samples than a constant one in the same number of steps (the digits main job). ``total=None``
+    (the presets): the run's own length, ``trainer.steps``, set by the trainer when it starts or resumes, so a run
+    resumed with more steps stretches the cosine over the new length."""
 
-    def __init__(self, warmup: int = 100, total: int = 1000, final: float = 0.0):
+    def __init__(self, warmup: int = 100, total: int | None = None, final: float = 0.0):
         super().__init__(warmup)
-        self.total, self.final = int(total), float(final)
-        if self.total <= max(self.warmup, 0):
-            raise ValueError(f"WarmupCosine: total ({self.total}) must exceed warmup ({self.warmup})")
+        self.configured_total = None if total is None else int(total)
+        self.total: int | None = None
+        self.final = float(final)
         if not 0.0 <= self.final <= 1.0:
             raise ValueError(f"WarmupCosine: final must lie in [0, 1], got {self.final}")
+        if self.configured_total is not None:
+            self.fit_run_length(self.configured_total)
+
+    def fit_run_length(self, steps: int) -> None:
+        """Use ``steps`` as ``total`` unless a ``total`` was configured (called by the trainer)."""
+        if self.configured_total is not None and self.configured_total <= max(self.warmup, 0):
+            raise ValueError(f"WarmupCosine: total ({self.configured_total}) must exceed warmup ({self.warmup})")
+        # a run no longer than its warm-up (a short test run) never reaches the cosine
+        self.total = self.configured_total if self.configured_total is not None else int(steps)
 
     def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return super().__call__(step)
         start = max(self.warmup, 0)
-        progress = min((step - start) / (self.total - start), 1.0)
+        if step <= start:  # the warm-up, and its end (the full rate), need no run length
+            return super().__call__(step)
+        if self.total is None:
+            raise RuntimeError("WarmupCosine: the run length is unknown (give total, or let the trainer set it)")
+        progress = min((step - start) / (self.total - start), 1.0) if self.total > start else 1.0
         return self.final + (1.0 - self.final) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 

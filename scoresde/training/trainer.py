@@ -200,6 +200,7 @@ class Trainer:
         self.ema = EMA(self.model, ema_rate)
         self.optimizer = setup.make_optimizer(self.model.parameters())
         self.scheduler = setup.make_scheduler(self.optimizer) if setup.make_scheduler else None
+        self._fit_schedule_length()
         self.amp_dtype = PRECISIONS[tc.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.precision == "fp16")
         self.loss_fn = build_loss(cfg, setup.sde)
@@ -246,6 +247,13 @@ class Trainer:
             return find_checkpoint(self.tc.resume)
         return None
 
+    def _fit_schedule_length(self) -> None:
+        """Schedules that run to the end of training (``WarmupCosine(total=None)``) learn ``trainer.steps``."""
+        for fn in getattr(self.scheduler, "lr_lambdas", ()):
+            fit = getattr(fn, "fit_run_length", None)
+            if fit is not None:
+                fit(self.tc.steps)
+
     def load(self, path: Path) -> None:
         state = load_checkpoint(path)
         src = state["path"]
@@ -259,6 +267,7 @@ class Trainer:
                 self.scaler.load_state_dict(state["scaler"])
         except (ValueError, KeyError, RuntimeError) as err:
             raise CheckpointError(f"checkpoint {src!r}: optimizer/scheduler state does not fit: {err}") from err
+        self._fit_schedule_length()  # the loaded state carries the stored run's length
         self.step = int(state["step"])
         if "rng" in state:
             set_rng_state(state["rng"])
