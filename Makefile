@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 # Main job: train the small score network on scikit-learn's digits (CPU, a few minutes); the EMA samples land in
 # outputs/main/samples/final.png. Running it again resumes / re-samples the same run; delete outputs/main to restart.
 run: install
-	$(PY) train.py hydra.run.dir=outputs/main
+	$(PY) train.py trainer=digits hydra.run.dir=outputs/main
 
 # Whole suite, slow tests included (not the `heavy` 28x28 end-to-end trainings: `make test-heavy`, 30+ minutes on
 # 2 cores). pytest's exit code 5 (no test collected) is not a failure.

@@ -13,8 +13,8 @@ exactly as the command line does, and trained with ``trainer.num_threads=1``):
   the mean log-density of the samples minus the exact ``E log p`` (200,000 draws). The learned EMA model's
   relative score error ``sqrt(E|s - s*|^2 / E|s*|^2)`` under ``p_t`` at 24 noise levels ``s = sigma / alpha``
   goes to a plot.
-* digits: the main job (``python train.py`` + the recipe's overrides, its 2800 steps unless ``--digits-steps``);
-  359 samples per sampler scored by the digits Fréchet distance to the test split, mean and sd over
+* digits: the main job (``python train.py trainer=digits`` + the recipe's overrides, its 2800 steps unless
+  ``--digits-steps``); 359 samples per sampler scored by the digits Fréchet distance to the test split, mean and sd over
   ``--digits-seeds`` (5) independent draws of the 359 samples (one draw's value scatters by a standard deviation
   of 3-5 at this size); the same statistic for 359 random real training images is the floor.
 
@@ -198,7 +198,7 @@ def run_digits(args, recipes: list[str]) -> dict:
     with workdir(args.keep) as tmp:
         for recipe in recipes:
             steps = [] if args.digits_steps is None else [f"trainer.steps={args.digits_steps}"]
-            over = [*steps, "trainer.sample_n=0", *RECIPES[recipe], *args.extra]
+            over = ["trainer=digits", *steps, "trainer.sample_n=0", *RECIPES[recipe], *args.extra]
             model, sde, secs = train_run(over, Path(tmp) / recipe.replace(" ", "_"))
             row = {"train_s": secs, "samplers": {}, "sigma_data": model.sigma_data}
             for sname, (sampler, opts) in SAMPLERS_DIGITS.items():

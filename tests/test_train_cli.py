@@ -198,16 +198,13 @@ def train_in_process(run_dir: Path, *overrides: str):
     return train(compose_cfg(*TOY, *overrides), run_dir)
 
 
-CONSTANT_LR = ["optim.scheduler.lr_lambda.final=1.0"]  # the cosine to 1.0: warm-up, then constant
-
-
 def test_resume_extends_a_finished_run(tmp_path):
     """Resuming a finished run with more steps continues it; with a schedule that does not depend on the run's length
-    (warm-up, then constant) the same as training for the total at once."""
+    (trainer=small: warm-up, then constant) the same as training for the total at once."""
     ref, run = tmp_path / "ref", tmp_path / "run"
-    train_in_process(ref, "trainer.steps=60", "trainer.ckpt_every=20", *CONSTANT_LR)
-    train_in_process(run, "trainer.steps=40", "trainer.ckpt_every=20", *CONSTANT_LR)
-    res = train_in_process(run, "trainer.steps=60", "trainer.ckpt_every=20", *CONSTANT_LR)
+    train_in_process(ref, "trainer.steps=60", "trainer.ckpt_every=20")
+    train_in_process(run, "trainer.steps=40", "trainer.ckpt_every=20")
+    res = train_in_process(run, "trainer.steps=60", "trainer.ckpt_every=20")
     assert res.step == 60
     a, b = checkpoint_tensors(ref / "checkpoints" / "last.pt"), checkpoint_tensors(run / "checkpoints" / "last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -414,7 +411,7 @@ def test_slurm_launcher_config_composes():
 
 
 def test_cosine_schedule_runs_to_the_end_of_the_run_and_stretches_on_resume(tmp_path):
-    """The preset's WarmupCosine (total = trainer.steps): the logged rate at step k is lr (1 + cos(pi (k - W) /
+    """trainer=digits' WarmupCosine (total = trainer.steps): the logged rate at step k is lr (1 + cos(pi (k - W) /
     (N - W))) / 2 after the warm-up W; a run resumed with more steps N' continues on the cosine stretched to N'."""
     import json
 
@@ -428,10 +425,10 @@ def test_cosine_schedule_runs_to_the_end_of_the_run_and_stretches_on_resume(tmp_
         return lr * (min(k / w, 1.0) if k <= w else 0.5 * (1 + math.cos(math.pi * min(k - w, n - w) / (n - w))))
 
     run = tmp_path / "run"
-    train_in_process(run, "trainer.steps=60", "trainer.ckpt_every=20")
+    train_in_process(run, "trainer=digits", "trainer.steps=60", "trainer.ckpt_every=20")
     first = logged(run)
     assert {k: first[k] for k in (20, 40, 60)} == pytest.approx({k: cosine(k, 60) for k in (20, 40, 60)}, abs=1e-12)
     assert first[60] == pytest.approx(0.0, abs=1e-12)
-    train_in_process(run, "trainer.steps=100", "trainer.ckpt_every=20")
+    train_in_process(run, "trainer=digits", "trainer.steps=100", "trainer.ckpt_every=20")
     second = logged(run)
     assert {k: second[k] for k in (80, 100)} == pytest.approx({k: cosine(k, 100) for k in (80, 100)}, abs=1e-12)
