@@ -3,7 +3,7 @@
     PYTHONPATH=. .venv/bin/python benchmarks/bench_digits.py --run outputs/main [--n 359] [--device cuda]
     PYTHONPATH=. .venv/bin/python benchmarks/bench_digits.py --train /tmp/digits_run [--train-overrides "..."]
 
-``--train DIR`` first trains the main job's recipe (``python train.py`` with its defaults, plus ``--train-overrides``)
+``--train DIR`` first trains the main job's recipe (``python train.py trainer=digits``, plus ``--train-overrides``)
 into ``DIR`` (skipped when ``DIR`` already holds a finished run), so the table can be rerun on a changed recipe.
 The reference value is the converged probability-flow ODE (dopri5, rtol = atol = 1e-5); each sampler's NFE counts
 its final denoising step. Fitted grids (UniPC) are fitted on 256 prior draws and cached in the run directory.
@@ -48,8 +48,8 @@ def train(run_dir: Path, overrides: str) -> None:
     if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
         print(f"(using the run in {run_dir})")
         return
-    cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", "trainer.progress=false",
-           *shlex.split(overrides)]  # fmt: skip
+    cmd = [sys.executable, str(ROOT / "train.py"), "trainer=digits", f"hydra.run.dir={run_dir}",
+           "trainer.progress=false", *shlex.split(overrides)]  # fmt: skip
     print("training:", " ".join(cmd), flush=True)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT)
