@@ -301,3 +301,23 @@ def test_cached_schedules_follow_the_sde_value():
         assert torch.equal(run(name, sde), run(name, Uncached(20.0)))
         sde.beta_max = 12.0
         assert torch.equal(run(name, sde), run(name, Uncached(12.0)))
+
+
+@pytest.mark.parametrize(
+    "name,opts", [("euler_maruyama", {}), ("ode", {}), ("ode_scipy", {}), ("ode", {"method": "rk4"})]
+)
+def test_a_final_time_at_or_above_T_is_refused_before_sampling(name, opts):
+    """A final time ``eps >= T`` leaves nothing to integrate: every sampler (named grids, torchdiffeq adaptive, SciPy)
+    refuses it with the time and T named, before the model is called once."""
+    from scoresde.sampling import get_sampler
+
+    calls = []
+
+    def score(x, t):
+        calls.append(1)
+        return -x
+
+    for eps in (1.0, 1.5):
+        with pytest.raises(ValueError, match=r"eps \(the final time\) must be < T = 1"):
+            get_sampler(name, eps=eps, **opts)(VPSDE(), score, (4, 2))
+    assert calls == []

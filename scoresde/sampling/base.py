@@ -150,8 +150,8 @@ class ModelViews:
             self.nfe += 1
             return fn(x, self._time(x, t))
         p, q, out = self.linear(view, x, t, alpha, sigma)
-        if not isinstance(p, torch.Tensor) and p == 0:
-            return out if not isinstance(q, torch.Tensor) and q == 1 else scale(out, q)
+        if not isinstance(p, torch.Tensor) and p == 0:  # score <-> eps: a rescaling of the output alone
+            return scale(out, q)
         return scaled_sum(p, x, q, out)
 
     def score(self, x: torch.Tensor, t: float | torch.Tensor, alpha: Scale = None, sigma: Scale = None):

@@ -86,6 +86,14 @@ def check_steps(steps, option: str = "steps") -> int | None:
     return int(steps)
 
 
+def final_time_below_T(sde: LinearSDE, eps: float | None = None) -> float:
+    """:func:`final_time`, checked to lie below ``sde.T`` (an integration runs from ``T`` down to it)."""
+    eps = final_time(sde, eps)
+    if not eps < sde.T:
+        raise ValueError(f"eps (the final time) must be < T = {sde.T}, got {eps}")
+    return eps
+
+
 def check_final_time(eps, option: str = "eps") -> float | None:
     """``None`` (the SDE's default) or a finite time ``> 0``."""
     if eps is None:
@@ -208,9 +216,7 @@ def resolve_grid(
     if isinstance(grid, torch.Tensor):
         return check_grid(grid, sde)
     n = steps if steps is not None else (default_steps if default_steps is not None else sde.N)
-    eps = final_time(sde, eps)
-    if not eps < sde.T:
-        raise ValueError(f"eps (the final time) must be < T = {sde.T}, got {eps}")
+    eps = final_time_below_T(sde, eps)
     return _named_grid(sde, grid or default_grid, n, eps, rho).clone()  # a copy: callers may change theirs
 
 

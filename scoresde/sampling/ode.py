@@ -15,7 +15,7 @@ import torch
 from torchdiffeq import odeint
 
 from scoresde.sampling.base import GridOption, GridSampler, ModelViews, Sampler
-from scoresde.sampling.grids import check_final_time, final_time
+from scoresde.sampling.grids import check_final_time, final_time, final_time_below_T
 from scoresde.sde import LinearSDE
 
 ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
@@ -41,12 +41,6 @@ def flow_field(
         return reverse_drift(sde, score, x_flat.reshape(shape), tt, 0.5).reshape(x_flat.shape)
 
     return field
-
-
-def check_final_time_below_T(sde: LinearSDE, eps: float | None) -> None:
-    """The final time (``eps``, or the SDE's) must lie below ``T`` for an integration from ``T`` to it."""
-    if not final_time(sde, eps) < sde.T:
-        raise ValueError(f"eps (the final time) must be < T = {sde.T}, got {final_time(sde, eps)}")
 
 
 def check_tolerances(rtol: float, atol: float) -> None:
@@ -91,7 +85,7 @@ class ODESampler(GridSampler):
         if self.method in FIXED:
             super().check(sde)
         else:
-            check_final_time_below_T(sde, self.eps)
+            final_time_below_T(sde, self.eps)
 
     def sample(self, sde, model, x, generator, callback):
         if self.method in FIXED:
@@ -142,7 +136,7 @@ class ScipyODESampler(Sampler):
         self.denoise, self.dtype = bool(denoise), dtype
 
     def check(self, sde: LinearSDE) -> None:
-        check_final_time_below_T(sde, self.eps)
+        final_time_below_T(sde, self.eps)
 
     def sample(self, sde, model, x, generator, callback):
         eps = final_time(sde, self.eps)
