@@ -16,7 +16,7 @@ exactly as the command line does, and trained with ``trainer.num_threads=1``):
 * digits: the main job (``python train.py trainer=digits`` + the recipe's overrides, its 2800 steps unless
   ``--digits-steps``); 359 samples per sampler scored by the digits Fréchet distance to the test split, mean and sd over
   ``--digits-seeds`` (5) independent draws of the 359 samples (one draw's value scatters by a standard deviation
-  of 3-5 at this size); the same statistic for 359 random real training images is the floor.
+  of 3-7 at this size); the same statistic for 359 random real training images is the floor.
 
 Equal steps are equal wall time here: the recipes differ only in a few per-sample coefficients; the table prints
 each run's measured training time. Prints markdown tables; writes benchmarks/results/training_score_error.png.
