@@ -8,7 +8,11 @@ before training starts and before anything is written.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
+
+import torch
 
 from scoresde import registry
 from scoresde.schema import ConfigError, load_yaml, parse, to_yaml
@@ -77,10 +81,42 @@ def build_setup(cfg: TrainConfig):
     return Setup(
         sde=sde,
         make_net=net_factory(cfg),
-        make_optimizer=optimizer,
+        make_optimizer=fused_when_open(optimizer),
         make_scheduler=scheduler,
         config_yaml=to_yaml(cfg),
     )
 
 
-__all__ = ["build_preview_sampler", "build_setup", "check_buildable", "net_factory", "parse_train_config"]
+#: Optimizers whose ``fused=True`` step is the same update in one kernel per dtype (torch >= 2.4 on CPU and CUDA).
+FUSABLE = (torch.optim.Adam, torch.optim.AdamW)
+
+
+def fused_when_open(make: Callable[..., torch.optim.Optimizer]) -> Callable[..., torch.optim.Optimizer]:
+    """``make`` (an optimizer partial), with ``fused=True`` when the config leaves the implementation open.
+
+    Adam's default step on the CPU loops over the parameters in Python: ~12 ms of the main job's ~95 ms step for its
+    154 tensors, against ~2 ms fused. Only the implementation changes (same formula, round-off apart); a config that
+    names ``fused`` or ``foreach`` keeps its choice, and parameters the fused kernel does not take (an old torch, a
+    device without the kernel) keep the default step."""
+    named = isinstance(make, functools.partial) and {"fused", "foreach"} & make.keywords.keys()
+    if not (isinstance(make, functools.partial) and make.func in FUSABLE) or named:
+        return make
+
+    def make_fused(params) -> torch.optim.Optimizer:
+        params = list(params)
+        try:
+            return make(params, fused=True)
+        except (RuntimeError, ValueError):  # "`fused=True` requires all the params to be ... supported devices"
+            return make(params)
+
+    return make_fused
+
+
+__all__ = [
+    "build_preview_sampler",
+    "build_setup",
+    "check_buildable",
+    "fused_when_open",
+    "net_factory",
+    "parse_train_config",
+]
