@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -32,15 +33,15 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
 
 SAMPLERS = {
-    "unipc (defaults)": ("unipc", {}),
-    "unipc order 3": ("unipc", {"order": 3}),
-    "dpm_solver++ 3 (defaults)": ("dpm_solver", {}),
-    "dpm_solver++ 2": ("dpm_solver", {"order": 2}),
+    "unipc (defaults: logistic)": ("unipc", {}),
+    "unipc, logsnr": ("unipc", {"grid": "logsnr"}),
+    "dpm_solver++ 3 (defaults: logistic)": ("dpm_solver", {}),
+    "dpm_solver++ 3, logsnr": ("dpm_solver", {"grid": "logsnr"}),
+    "dpm_solver++ 2, logistic": ("dpm_solver", {"order": 2}),
     "heun": ("heun", {}),
     "pndm": ("pndm", {}),
     "ddim": ("ddim", {}),
     "euler_maruyama": ("euler_maruyama", {}),
-    "ancestral": ("ancestral", {}),
 }
 
 
@@ -64,10 +65,25 @@ def load(run: Path):
     return loaded.model, loaded.sde, tuple(loaded.data_shape), bool(loaded.centered)
 
 
-def quality(model, sde, shape, centered, sampler, n, device):
-    res = generate(model, sde, shape, n, sampler, seed=0, batch_size=512, device=device)
-    images = from_model_range(res.samples, centered)
-    return res.nfe, frechet_digits_distance(images), classifier_scores(images).confidence
+def quality(model, sde, shape, centered, sampler, n, device, seeds: int = 5):
+    """``(nfe, mean Fréchet, its sd, mean confidence)`` over ``seeds`` draws of ``n`` samples (seeds 1, 2, ...: the
+    same prior draws for every sampler, so rows compare pairwise; one draw's Fréchet scatters by 3-7 at n = 359)."""
+    fds, confs = [], []
+    for seed in range(1, seeds + 1):
+        res = generate(model, sde, shape, n, sampler, seed=seed, batch_size=512, device=device)
+        images = from_model_range(res.samples, centered)
+        fds.append(frechet_digits_distance(images))
+        confs.append(classifier_scores(images).confidence)
+    sd = statistics.stdev(fds) if len(fds) > 1 else 0.0
+    return res.nfe, statistics.mean(fds), sd, statistics.mean(confs)
+
+
+def real_floor(n: int, seeds: int) -> tuple[float, float]:
+    """Fréchet distance of ``n`` real training images to the test split: mean and sd over ``seeds`` random subsets."""
+    train = digits_split().train_images
+    fds = [frechet_digits_distance(train[torch.randperm(len(train), generator=torch.Generator().manual_seed(s))[:n]])
+           for s in range(1, seeds + 1)]  # fmt: skip
+    return statistics.mean(fds), statistics.stdev(fds) if len(fds) > 1 else 0.0
 
 
 def main() -> None:
@@ -77,6 +93,7 @@ def main() -> None:
     ap.add_argument("--train-overrides", default="", help="extra train.py overrides, e.g. 'loss.name=edm'")
     ap.add_argument("--n", type=int, default=359, help="samples per point (the digits test split has 359)")
     ap.add_argument("--steps", default="4,5,6,8,10,15,20,50")
+    ap.add_argument("--seeds", type=int, default=5, help="draws of --n samples per cell (mean ± sd)")
     ap.add_argument("--fit-steps", default="4,5,6", help="step counts for fitted UniPC grids ('' to skip)")
     ap.add_argument("--fit-n", type=int, default=256, help="prior draws for each fit")
     ap.add_argument("--fit-evals", type=int, default=None, help="sampler runs per fit (default: 150 per free time)")
@@ -94,13 +111,15 @@ def main() -> None:
 
     t0 = time.perf_counter()
     ode = get_sampler("ode", rtol=1e-5, atol=1e-5)
-    nfe_ode, fd_ode, conf_ode = quality(model, sde, shape, centered, ode, args.n, args.device)
+    k = args.seeds
+    nfe_ode, fd_ode, sd_ode, conf_ode = quality(model, sde, shape, centered, ode, args.n, args.device, k)
     real = digits_split()
-    fd_real = frechet_digits_distance(real.train_images[: args.n])
-    print(f"\n### Digits samples vs NFE ({args.n} samples each; Fréchet distance² to the test split)\n")
+    fd_real, sd_real = real_floor(args.n, k)
+    print(f"\n### Digits samples vs NFE ({args.n} samples, {k} draws each; Fréchet distance² to the test split)\n")
     print(
-        f"Converged ODE (dopri5, tol 1e-5): {fd_ode:.1f} at {nfe_ode} NFE (confidence {conf_ode:.2f}); real "
-        f"training images vs test: {fd_real:.1f}.\nCells: NFE: Fréchet distance (classifier confidence).\n"
+        f"Converged ODE (dopri5, tol 1e-5): {fd_ode:.1f} ± {sd_ode:.1f} at {nfe_ode} NFE (confidence "
+        f"{conf_ode:.2f}); real training images vs test: {fd_real:.1f} ± {sd_real:.1f}.\n"
+        "Cells: NFE: mean Fréchet distance over the draws (mean classifier confidence).\n"
     )
     print("| sampler | " + " | ".join(f"steps {s}" for s in steps_list) + " |")
     print("|---|" + "---|" * len(steps_list))
@@ -113,8 +132,8 @@ def main() -> None:
             if name == "pndm" and steps < 4 or name == "heun" and steps > 25:
                 cells.append("")
                 continue
-            nfe, fd, conf = quality(model, sde, shape, centered, get_sampler(name, steps=steps, **opts), args.n,
-                                    args.device)  # fmt: skip
+            nfe, fd, _, conf = quality(model, sde, shape, centered, get_sampler(name, steps=steps, **opts), args.n,
+                                       args.device, k)  # fmt: skip
             cells.append(f"{nfe}: {fd:.1f} ({conf:.2f})")
             pts.append((nfe, fd))
         curves[label] = pts
@@ -133,8 +152,8 @@ def main() -> None:
                                                      seed=0, device=args.device, n=args.fit_n,
                                                      max_evals=args.fit_evals)  # fmt: skip
             seconds = time.perf_counter() - start
-            nfe, fd_default, _ = quality(model, sde, shape, centered, sampler, args.n, args.device)
-            _, fd_fit, _ = quality(model, sde, shape, centered, sampler.with_grid(grid), args.n, args.device)
+            nfe, fd_default, _, _ = quality(model, sde, shape, centered, sampler, args.n, args.device, k)
+            _, fd_fit, _, _ = quality(model, sde, shape, centered, sampler.with_grid(grid), args.n, args.device, k)
             took = "cached" if cached else f"{seconds:.0f}"
             ok = "yes" if fd_fit <= 1.3 * fd_ode else "no"
             print(f"| {steps} | {nfe} | {fd_default:.1f} | {fd_fit:.1f} | {fit_nfe} | {took} | {ok} |", flush=True)
