@@ -321,3 +321,26 @@ def test_a_final_time_at_or_above_T_is_refused_before_sampling(name, opts):
         with pytest.raises(ValueError, match=r"eps \(the final time\) must be < T = 1"):
             get_sampler(name, eps=eps, **opts)(VPSDE(), score, (4, 2))
     assert calls == []
+
+
+@pytest.mark.parametrize("name", ["unipc", "dpm_solver"])
+def test_default_grid_is_the_better_one_at_few_steps(name):
+    """unipc and dpm_solver default to ``logistic``: with the exact 8-Gaussians score (VP, 256 start points) their
+    5- and 6-step end points are closer to a DOP853 solve of the same ODE (rtol 1e-10) than on ``logsnr`` (measured
+    ratios 0.10-0.25; at 8-20 steps the two grids are within ~25% of each other). Deterministic numerics: the factor 2
+    only leaves room for round-off-level changes of the solvers, not for noise."""
+    from scoresde.sampling import get_sampler
+
+    sde, mix = VPSDE(), eight_gaussians_mixture()
+    score = mix.score_fn(sde)
+    x = torch.randn(256, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    exact = get_sampler("ode_scipy", method="DOP853", rtol=1e-10, atol=1e-10, eps=1e-3, denoise=False)
+    ref = exact(sde, score, x.shape, x_init=x).samples
+
+    def error(**opts):
+        out = get_sampler(name, eps=1e-3, denoise=False, **opts)(sde, score, x.shape, x_init=x).samples
+        return float((out - ref).pow(2).mean().sqrt() / ref.std())
+
+    assert get_sampler(name).default_grid == "logistic"
+    for steps in (5, 6):
+        assert error(steps=steps) < 0.5 * error(steps=steps, grid="logsnr"), steps

@@ -116,9 +116,10 @@ class DPMSolverSampler(GridSampler):
     (``"dpmsolver"``, noise prediction), ``order`` 1-3; one model call per step. The first steps use lower orders
     (no history yet); ``lower_order_final`` lowers the last ones too (``None``: where the grid's last step is the
     longest, see :func:`lower_order_final_applies`). On the ``logistic`` grid by default: on exact mixture scores it
-    is 1.5-10x more accurate than ``logsnr`` up to 8 steps and equal at 12-20 (``logsnr`` pulls ahead from 25 steps,
-    below 5e-3), benchmarks/bench_samplers.py; on the main job's digits model it reaches the converged ODE's
-    Fréchet distance at 20 steps (14.3 vs 14.3; ``logsnr`` 15.1) and is better at every step count from 5."""
+    is 3-10x more accurate than ``logsnr`` at 5-6 steps and within ~25% of it (either way) at 8-20 (``logsnr``
+    pulls ahead from 25 steps, below 5e-3), benchmarks/bench_samplers.py; on the main job's digits model it reaches
+    the converged ODE's Fréchet distance at 20 steps (14.3 vs 14.3; ``logsnr`` 15.1) and is better at every step
+    count from 5."""
 
     name = "dpm_solver"
     default_steps = 20
