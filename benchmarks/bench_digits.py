@@ -34,10 +34,10 @@ OUT = Path(__file__).resolve().parent / "results"
 
 SAMPLERS = {
     "unipc (defaults: logistic)": ("unipc", {}),
-    "unipc, logsnr": ("unipc", {"grid": "logsnr"}),
+    "unipc on logsnr": ("unipc", {"grid": "logsnr"}),
     "dpm_solver++ 3 (defaults: logistic)": ("dpm_solver", {}),
-    "dpm_solver++ 3, logsnr": ("dpm_solver", {"grid": "logsnr"}),
-    "dpm_solver++ 2, logistic": ("dpm_solver", {"order": 2}),
+    "dpm_solver++ 3 on logsnr": ("dpm_solver", {"grid": "logsnr"}),
+    "dpm_solver++ 2 (logistic)": ("dpm_solver", {"order": 2}),
     "heun": ("heun", {}),
     "pndm": ("pndm", {}),
     "ddim": ("ddim", {}),
@@ -97,11 +97,14 @@ def main() -> None:
     ap.add_argument("--fit-steps", default="4,5,6", help="step counts for fitted UniPC grids ('' to skip)")
     ap.add_argument("--fit-n", type=int, default=256, help="prior draws for each fit")
     ap.add_argument("--fit-evals", type=int, default=None, help="sampler runs per fit (default: 150 per free time)")
-    ap.add_argument("--samplers", default=",".join(SAMPLERS), help="labels of the samplers to run")
+    ap.add_argument("--samplers", default=",".join(SAMPLERS), help="labels of the samplers to run, comma-separated")
     ap.add_argument("--bpd-n", type=int, default=64, help="test images for bits/dim (0 to skip)")
     ap.add_argument("--tols", default="1e-2,1e-3,1e-4,1e-5")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
+    unknown = [label for label in args.samplers.split(",") if label not in SAMPLERS]
+    if unknown:
+        ap.error(f"--samplers: unknown label(s) {unknown}; choose from {list(SAMPLERS)}")
     if args.train:
         train(Path(args.train).resolve(), args.train_overrides)
     run = Path(args.run or args.train or "outputs/main")
