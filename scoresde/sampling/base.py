@@ -31,7 +31,7 @@ from scoresde.sampling.grids import (
     resolve_grid,
 )
 from scoresde.sde import LinearSDE
-from scoresde.utils import Generator, as_time, batch_broadcast
+from scoresde.utils import Generator, as_time, batch_broadcast, randn
 
 #: Called once per step, before it, with a dict: ``i`` (step index), ``t`` (grid time of ``x``, a float), ``x``
 #: (the state at ``t``) and ``denoised``: the data prediction there where the sampler has one, else ``None`` (UniPC:
@@ -74,6 +74,20 @@ def scaled_sum(a: float | torch.Tensor, x: torch.Tensor, b: float | torch.Tensor
     """``a x + b y`` in two operations (a new tensor), ``a``, ``b`` numbers or tensors broadcasting against ``x``."""
     out = scale(x, a)
     return out.addcmul_(b, y) if isinstance(b, torch.Tensor) else out.add_(y, alpha=b)
+
+
+def add_noise(x: torch.Tensor, std: float | torch.Tensor, generator: Generator) -> torch.Tensor:
+    """``x + std z`` (a new tensor) with ``z ~ N(0, I)`` drawn as :func:`~scoresde.utils.randn` draws it. For a number
+    ``std >= 0`` and one generator on ``x``'s device (or none) it is one ``torch.normal(x, std)`` call, which takes the
+    same ``z`` from the generator's stream (and leaves it in the same state) and forms ``x + std z`` to round-off, in
+    one dispatch instead of a draw and an addition; per-sample generators and tensor ``std`` draw, then add."""
+    if (
+        isinstance(std, float)
+        and std >= 0
+        and (generator is None or (isinstance(generator, torch.Generator) and generator.device == x.device))
+    ):
+        return torch.normal(x, std, generator=generator)
+    return add_scaled(x, std, randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
 
 
 def x0_from_eps(x: torch.Tensor, eps_hat: torch.Tensor, alpha: Scale, sigma: Scale) -> torch.Tensor:

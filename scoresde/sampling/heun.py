@@ -13,9 +13,18 @@ import math
 
 import torch
 
-from scoresde.sampling.base import GridOption, GridSampler, StepCallback, add_scaled, progress_iter, scale, start_grid
+from scoresde.sampling.base import (
+    GridOption,
+    GridSampler,
+    StepCallback,
+    add_noise,
+    add_scaled,
+    progress_iter,
+    scale,
+    start_grid,
+)
 from scoresde.sde import LinearSDE
-from scoresde.utils import Generator, randn
+from scoresde.utils import Generator
 
 
 def time_of_sigma_hat(sde: LinearSDE, sigma_hat: float) -> float:
@@ -47,8 +56,7 @@ def sample_heun(
         gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= s_cur <= s_tmax else 0.0
         if gamma > 0:  # churn: raise the noise level by fresh noise
             s_raised = min(s_cur * (1 + gamma), sigma_hat[0])
-            z = randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
-            y = add_scaled(y, math.sqrt(max(s_raised**2 - s_cur**2, 0.0)) * s_noise, z)
+            y = add_noise(y, math.sqrt(max(s_raised**2 - s_cur**2, 0.0)) * s_noise, generator)
             t_raised = time_of_sigma_hat(sde, s_raised)
             s_cur, t_cur = s_raised, torch.full_like(times[i], t_raised)
             a_cur = float(sde.marginal_alpha(torch.tensor([t_raised], dtype=torch.float64)))
