@@ -71,9 +71,26 @@ def add_scaled(x: torch.Tensor, c: float | torch.Tensor, y: torch.Tensor) -> tor
 
 
 def scaled_sum(a: float | torch.Tensor, x: torch.Tensor, b: float | torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``a x + b y`` in two operations (a new tensor), ``a``, ``b`` numbers or tensors broadcasting against ``x``."""
+    """``a x + b y`` in two operations (a new tensor), ``a``, ``b`` numbers or tensors broadcasting against ``x``; one
+    where ``a`` is the number 1 (VE and EDM steps: ``alpha = 1``)."""
+    if not isinstance(a, torch.Tensor) and a == 1:
+        return add_scaled(x, b, y)
     out = scale(x, a)
     return out.addcmul_(b, y) if isinstance(b, torch.Tensor) else out.add_(y, alpha=b)
+
+
+def linear_combination(terms: Sequence[tuple[float, torch.Tensor]]) -> torch.Tensor:
+    """``sum_k c_k v_k`` over the ``(c_k, v_k)`` with a number ``c_k != 0`` (a new tensor; at least one such term), one
+    fused operation per term (the first two in one where the first coefficient is 1)."""
+    terms = [(c, v) for c, v in terms if c != 0]
+    (c0, v0), rest = terms[0], terms[1:]
+    if c0 == 1 and rest:
+        out, rest = add_scaled(v0, rest[0][0], rest[0][1]), rest[1:]
+    else:
+        out = scale(v0, c0)
+    for c, v in rest:
+        out.add_(v, alpha=c)
+    return out
 
 
 def add_noise(x: torch.Tensor, std: float | torch.Tensor, generator: Generator) -> torch.Tensor:

@@ -80,7 +80,9 @@ class LinearSteps:
 
 
 def combine(x: torch.Tensor, state_coef: float, weights, outputs) -> torch.Tensor:
-    """``state_coef x + sum_j weights[j] outputs[j]`` (zero weights skipped)."""
+    """``state_coef x + sum_j weights[j] outputs[j]`` (zero weights skipped; ``x`` itself where nothing changes it)."""
+    if state_coef == 1:  # VE / EDM in noise prediction (alpha = 1): one scaled tensor fewer
+        return accumulate(x, weights, outputs)
     out = scale(x, state_coef)
     for w, m in zip(weights, outputs, strict=False):
         if w != 0.0:

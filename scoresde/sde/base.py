@@ -204,7 +204,8 @@ class LinearSDE(SDE):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
-        return randn(shape, generator=generator, device=device, dtype=dtype) * self.prior_std
+        z = randn(shape, generator=generator, device=device, dtype=dtype)
+        return z if self.prior_std == 1 else z * self.prior_std  # (VP: no multiplication by 1 over the whole state)
 
     def prior_logp(self, z: torch.Tensor) -> torch.Tensor:
         d = flat_dim(z)
