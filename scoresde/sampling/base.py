@@ -94,14 +94,16 @@ def linear_combination(terms: Sequence[tuple[float, torch.Tensor]]) -> torch.Ten
 
 
 def add_noise(x: torch.Tensor, std: float | torch.Tensor, generator: Generator) -> torch.Tensor:
-    """``x + std z`` (a new tensor) with ``z ~ N(0, I)`` drawn as :func:`~scoresde.utils.randn` draws it. For a number
-    ``std >= 0`` and one generator on ``x``'s device (or none) it is one ``torch.normal(x, std)`` call, which takes the
-    same ``z`` from the generator's stream (and leaves it in the same state) and forms ``x + std z`` to round-off, in
-    one dispatch instead of a draw and an addition; per-sample generators and tensor ``std`` draw, then add."""
+    """``x + std z`` (a new tensor) with ``z ~ N(0, I)`` drawn as :func:`~scoresde.utils.randn` draws it. On the CPU,
+    for a number ``std >= 0`` and one CPU generator (or none) it is one ``torch.normal(x, std)`` call, which takes the
+    same ``z`` from the generator's stream (and leaves it in the same state) and forms ``x + std z`` to round-off
+    (tested), in one dispatch instead of a draw and an addition; elsewhere (per-sample generators, tensor ``std``,
+    other devices, where that identity is unchecked) it draws, then adds."""
     if (
         isinstance(std, float)
         and std >= 0
-        and (generator is None or (isinstance(generator, torch.Generator) and generator.device == x.device))
+        and x.device.type == "cpu"
+        and (generator is None or (isinstance(generator, torch.Generator) and generator.device.type == "cpu"))
     ):
         return torch.normal(x, std, generator=generator)
     return add_scaled(x, std, randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
