@@ -28,8 +28,8 @@ from scoresde.sampling.base import (
     GridCoords,
     ModelViews,
     StepCallback,
-    linear_combination,
     progress_iter,
+    scale,
     scaled_sum,
     x0_from_eps,
 )
@@ -87,37 +87,44 @@ class LinearSteps:
         return max(used)
 
 
-#: A model output as the terms ``sum_k c_k v_k`` of a linear combination: ``((q, own),)`` where the view is a rescaling
-#: of the model's own output (a score model's ``eps_hat = -sigma score``), else ``((1, view),)``.
-Output = tuple[tuple[float, torch.Tensor], ...]
+#: A model output as ``(factor, tensor)``, standing for ``factor * tensor``: ``(q, own)`` where the view is a rescaling
+#: of the model's own output (a score model's ``eps_hat = -sigma score``), else ``(1, view)``.
+Output = tuple[float, torch.Tensor]
 
 
 def model_output(model: ModelViews, view: str, x: torch.Tensor, t: torch.Tensor, alpha: float, sigma: float) -> Output:
-    """One model call as :data:`Output` terms: a rescaling of the model's own output is kept as its factor, so the steps
+    """One model call as an :data:`Output`: a rescaling of the model's own output is kept as its factor, so the steps
     that combine outputs fold it into their weights (no tensor operation); any other conversion is made here."""
     p, q, own = model.linear(view, x, t, alpha, sigma)
     if isinstance(p, torch.Tensor) or p != 0:
-        return ((1.0, scaled_sum(p, x, q, own)),)
-    return ((q, own),)
+        return 1.0, scaled_sum(p, x, q, own)
+    return q, own
 
 
 def materialize(m: Output) -> torch.Tensor:
     """The tensor an :data:`Output` stands for."""
-    (c, v), *rest = m
-    return v if c == 1 and not rest else linear_combination(m)
+    return m[1] if m[0] == 1 else scale(m[1], m[0])
 
 
 def combine(x: torch.Tensor, state_coef: float, weights, outputs: list[Output]) -> torch.Tensor:
     """``state_coef x + sum_j weights[j] outputs[j]`` (zero weights skipped; no scaling of ``x`` where ``state_coef``
-    is 1: VE / EDM in noise prediction), one fused operation per term."""
-    terms = [(w * c, v) for w, m in zip(weights, outputs, strict=False) if w != 0.0 for c, v in m]
-    return linear_combination(((state_coef, x), *terms))
+    is 1: VE / EDM in noise prediction), one fused operation per term; ``x`` itself where nothing changes it."""
+    if state_coef == 1:
+        return accumulate(x, weights, outputs)
+    out = scale(x, state_coef)
+    for w, (c, m) in zip(weights, outputs, strict=False):
+        if w != 0.0:
+            out.add_(m, alpha=w * c)
+    return out
 
 
 def accumulate(x: torch.Tensor, weights, outputs: list[Output]) -> torch.Tensor:
-    """``x + sum_j weights[j] outputs[j]`` (``x`` itself when every weight is zero)."""
-    terms = [(w * c, v) for w, m in zip(weights, outputs, strict=False) if w != 0.0 for c, v in m]
-    return linear_combination(((1.0, x), *terms)) if terms else x
+    """``x + sum_j weights[j] outputs[j]`` as a new tensor (``x`` itself when every weight is zero)."""
+    out = x
+    for w, (c, m) in zip(weights, outputs, strict=False):
+        if w != 0.0:
+            out = torch.add(out, m, alpha=w * c) if out is x else out.add_(m, alpha=w * c)
+    return out
 
 
 def run_linear_steps(

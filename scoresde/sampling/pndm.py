@@ -20,8 +20,8 @@ from scoresde.sampling.base import (
     GridSampler,
     ModelViews,
     StepCallback,
-    linear_combination,
     progress_iter,
+    scaled_sum,
     start_grid,
     x0_from_eps,
 )
@@ -90,27 +90,28 @@ def pseudo_runge_kutta(
 ) -> torch.Tensor:
     """One warm-up step from grid point ``i`` given ``eps_hat`` there: pseudo RK4 (``f``) or improved Euler (``s``) on
     ``dy / d sigma_hat = eps_hat`` with ``y = x / alpha``. ``y`` is never formed: every stage point and the step are
-    one linear combination of ``x`` and the slopes' terms (a score model's rescaling to ``eps_hat`` folded in)."""
+    one linear combination of ``x`` and the slopes (a score model's rescaling to ``eps_hat`` folded in)."""
     alpha, sigma_hat = coords.alpha, coords.sigma_hat
     h, inv = sigma_hat[i + 1] - sigma_hat[i], 1 / alpha[i]
 
     def eps_at(offset: float, slope: Output, t: torch.Tensor, a: float, s_hat: float) -> Output:
         """``eps_hat`` at ``x = a (y + offset slope)``."""
-        x_stage = linear_combination(((a * inv, x), *((a * offset * c, v) for c, v in slope)))
-        return model_output(model, "eps", x_stage, t, a, a * s_hat)
+        return model_output(model, "eps", scaled_sum(a * inv, x, a * offset * slope[0], slope[1]), t, a, a * s_hat)
 
     if variant == "s":
         e2 = eps_at(h, eps_hat, t_next, alpha[i + 1], sigma_hat[i + 1])
-        slopes = ((h / 2, eps_hat), (h / 2, e2))  # y + h (e1 + e2) / 2
+        slopes = (eps_hat, e2)
+        weights = (h / 2, h / 2)  # y + h (e1 + e2) / 2
     else:
         t_mid, a_mid, s_mid = midpoint(sde, coords, i)
         t_mid = torch.full_like(t_next, t_mid)
         e2 = eps_at(0.5 * h, eps_hat, t_mid, a_mid, s_mid)
         e3 = eps_at(0.5 * h, e2, t_mid, a_mid, s_mid)
         e4 = eps_at(h, e3, t_next, alpha[i + 1], sigma_hat[i + 1])
-        slopes = ((h / 6, eps_hat), (h / 3, e2), (h / 3, e3), (h / 6, e4))  # y + h (e1 + 2 e2 + 2 e3 + e4) / 6
+        slopes = (eps_hat, e2, e3, e4)
+        weights = (h / 6, h / 3, h / 3, h / 6)  # y + h (e1 + 2 e2 + 2 e3 + e4) / 6
     a_next = alpha[i + 1]
-    return linear_combination(((a_next * inv, x), *((a_next * w * c, v) for w, e in slopes for c, v in e)))
+    return combine(x, a_next * inv, [a_next * w for w in weights], slopes)
 
 
 def sample_pndm(
