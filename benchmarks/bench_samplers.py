@@ -12,8 +12,9 @@ best 99% of trajectories, per dimension, divided by the std of the reference end
 3. ``fit``: grids fitted (:func:`scoresde.sampling.fit_grid`) on 512 other prior draws, scored on the benchmark's.
 4. ``stochastic``: sliced Wasserstein distance to data vs NFE (null level: two data samples).
 5. ``overhead``: sampler time / (NFE x one bare call), interleaved, median of 15, with the exact score on 512 points
-   (a cheap call) and a 0.5 M-parameter MLP on 4096 points; wall and process CPU time, and the sampler's wall time
-   outside the model's calls per NFE (the model timed inside the run).
+   (a cheap call; ``--overhead-points 1024`` for one about twice as costly) and a 0.5 M-parameter MLP on 4096
+   points; wall and process CPU time, and the sampler's wall time outside the model's calls per NFE (the model
+   timed inside the run).
 Prints markdown tables; writes benchmarks/results/samplers_quality.png.
 """
 
@@ -196,18 +197,21 @@ class TimedModel:
         return self._call(x, t)
 
 
-def overhead(kind: str, reps: int = 15, nfe_target: int = 20) -> list[tuple[str, int, float, float, float]]:
+def overhead(
+    kind: str, reps: int = 15, nfe_target: int = 20, points: int | None = None
+) -> tuple[float, list[tuple[str, int, float, float, float]]]:
     """Sampler time / (the same number of bare calls), interleaved A B A B, median of ``reps``, wall and CPU; and the
-    sampler's wall time outside the model's calls per NFE (us), the part this library spends."""
+    sampler's wall time outside the model's calls per NFE (us), the part this library spends. Also returns the median
+    bare call (ms). ``points``: the batch (default 512 for the exact score, 4096 for the MLP)."""
     torch.manual_seed(0)
     sde = VPSDE()
     if kind == "mlp":
         model = ScoreModel(MLP((2,), hidden=256, depth=3), sde).eval()
-        batch = 4096
+        batch = points or 4096
     else:
         mix = eight_gaussians_mixture()
         model = mix.score_fn(sde)
-        batch = 512
+        batch = points or 512
     x = torch.randn(batch, 2)
     t = torch.full((batch,), 0.5)
     timed = TimedModel(model)
@@ -221,7 +225,7 @@ def overhead(kind: str, reps: int = 15, nfe_target: int = 20) -> list[tuple[str,
              ("pc", {"corrector": "langevin", "snr": 0.16, "steps": half}), ("heun", {"steps": half}),
              ("dpm_solver", {}), ("unipc", {}), ("pndm", {"steps": nfe_target - 9}), ("pndm", {"variant": "s"}),
              ("ode", {"method": "rk4", "steps": quarter}), ("sdeint", {})]  # fmt: skip
-    rows = []
+    rows, bare = [], []
     with torch.no_grad():
         calls(5)
         for name, opts in cases:
@@ -244,10 +248,11 @@ def overhead(kind: str, reps: int = 15, nfe_target: int = 20) -> list[tuple[str,
                 ratios_wall.append((w1 - w0) / (w2 - w1))
                 ratios_cpu.append((c1 - c0) / max(c2 - c1, 1e-9))
                 outside.append((w1 - w0 - inside) / nfe * 1e6)
+                bare.append((w2 - w1) / nfe * 1e3)
             label = f"{name} {opts}"
             med = statistics.median
             rows.append((label, nfe, med(ratios_wall), med(ratios_cpu), med(outside)))
-    return rows
+    return statistics.median(bare), rows
 
 
 def main() -> None:
@@ -257,6 +262,7 @@ def main() -> None:
     ap.add_argument("--problems", default="ring,gmm16")
     ap.add_argument("--overhead-models", default="exact,mlp", help="exact (cheap score) and/or mlp")
     ap.add_argument("--reps", type=int, default=15, help="interleaved repetitions of the overhead timing")
+    ap.add_argument("--overhead-points", type=int, default=None, help="batch of the overhead timing (a costlier call)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     parts = set(args.parts.split(","))
@@ -298,13 +304,15 @@ def main() -> None:
         for label, pts in rows.items():
             print(f"| {label} | " + " | ".join(f"{nfe}: {sw:.3f}" for nfe, sw in pts) + " |")
     if "overhead" in parts:
-        models = {"exact": "exact mixture score, batch 512", "mlp": "MLP 0.5 M parameters, batch 4096"}
+        models = {"exact": "exact mixture score", "mlp": "MLP 0.5 M parameters"}
         for kind in args.overhead_models.split(","):
-            print(f"\n### Loop overhead, CPU, 1 thread, {models[kind]}: sampler time / (NFE bare calls), median of "
-                  f"{args.reps}\n")  # fmt: skip
+            bare, rows = overhead(kind, reps=args.reps, points=args.overhead_points)
+            batch = args.overhead_points or (4096 if kind == "mlp" else 512)
+            print(f"\n### Loop overhead, CPU, 1 thread, {models[kind]}, batch {batch} (bare call {bare:.3f} ms): "
+                  f"sampler time / (NFE bare calls), median of {args.reps}\n")  # fmt: skip
             print("| sampler | NFE | wall ratio | CPU-time ratio | outside the model per NFE (us) |")
             print("|---|---|---|---|---|")
-            for label, nfe, wall, cpu, outside in overhead(kind, reps=args.reps):
+            for label, nfe, wall, cpu, outside in rows:
                 print(f"| {label} | {nfe} | {wall:.3f} | {cpu:.3f} | {outside:.0f} |")
 
 

@@ -135,7 +135,9 @@ def _pseudo_rk(variant):
         coords = GridCoords.of(flow.sde, grid)
         eps = flow.output("noise", xs[STEP], float(grid[STEP]))
         t_next = torch.full((xs[0].shape[0],), float(grid[STEP + 1]), dtype=F64)
-        return pseudo_runge_kutta(flow.sde, flow.model, xs[STEP], eps, coords, STEP, variant, t_next)
+        # the loop's form of a model output: (factor, tensor) (here a rescaled one, as a score model's)
+        eps_terms = (-2.0, -0.5 * eps)
+        return pseudo_runge_kutta(flow.sde, flow.model, xs[STEP], eps_terms, coords, STEP, variant, t_next)
 
     return one_step
 
@@ -280,7 +282,8 @@ def test_corrected_point_from_the_predicted_one(order, prediction):
                         "bh2", prediction, True, False)  # fmt: skip
     g = torch.Generator().manual_seed(0)
     x = torch.randn(16, 2, dtype=F64, generator=g)
-    outputs = [torch.randn(16, 2, dtype=F64, generator=g) for _ in range(order + 1)]  # m_{i+1}, m_i, m_{i-1}, ...
+    # m_{i+1}, m_i, m_{i-1}, ... as the loop holds them: (factor, tensor), a rescaled one included
+    outputs = [(1.0 if j % 2 else -0.3, torch.randn(16, 2, dtype=F64, generator=g)) for j in range(order + 1)]
     checked = 0
     for i, (corrector, correction) in enumerate(zip(steps.corrector, steps.corrections, strict=True)):
         if corrector is None:

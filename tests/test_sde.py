@@ -14,7 +14,7 @@ import torch
 import torchsde
 from conftest import SDE_FACTORIES
 
-from scoresde.sde import EDMSDE, VESDE, VPSDE, CosineVPSDE, SubVPSDE
+from scoresde.sde import EDMSDE, VESDE, VPSDE, CosineVPSDE, DiscreteVPSDE, LinearReverseSDE, ReverseSDE, SubVPSDE
 
 mpmath.mp.dps = 40
 
@@ -201,6 +201,43 @@ def test_reverse_drifts(sde):
     assert torch.all(rG == 0)
     assert rev.T == sde.T and rev.N == sde.N
     torch.testing.assert_close(rev.marginal_prob(x, t)[1], sde.marginal_prob(x, t)[1])
+
+
+@pytest.mark.parametrize("probability_flow", [False, True])
+@pytest.mark.parametrize("kind", ["discrete_vp", *sorted(ALL_SDES)])
+def test_linear_reverse_equals_generic_route(kind, probability_flow):
+    """LinearSDE.reverse (drift f(t) x - w g(t)^2 score with f, g^2 evaluated once per time) equals the generic
+    ReverseSDE route (drift and diffusion of ``sde.sde``) to float64 round-off, at per-sample times and at a scalar
+    time (a number or a 0-d tensor: the score still sees a (B,) time), for the reverse SDE and the PF-ODE."""
+    sde = DiscreteVPSDE.from_betas(torch.linspace(1e-4, 0.02, 1000)) if kind == "discrete_vp" else ALL_SDES[kind]()
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(7, 2, 3, generator=gen, dtype=torch.float64)
+    w = torch.randn(2, 3, generator=gen, dtype=torch.float64)
+    seen = []
+
+    def score_fn(x, t):
+        seen.append(tuple(t.shape))
+        return -x * w.to(x.dtype) / (1 + t[:, None, None]) + t[:, None, None]
+
+    # times across (0, T], the cosine schedule's clipped end (t > 0.98) included
+    per_sample = sde.T * torch.tensor([1e-5, 1e-3, 0.1, 0.5, 0.97, 0.99, 1.0], dtype=torch.float64)
+    fast, generic = sde.reverse(score_fn, probability_flow), ReverseSDE(sde, score_fn, probability_flow)
+    assert isinstance(fast, LinearReverseSDE)
+    for t in (per_sample, 0.3 * sde.T, torch.tensor(0.995 * sde.T, dtype=torch.float64)):
+        drift, diffusion = fast.sde(x, t)
+        ref_drift, ref_diffusion = generic.sde(x, t)
+        scale = float(ref_drift.abs().max())
+        torch.testing.assert_close(drift, ref_drift, rtol=1e-12, atol=1e-13 * scale)
+        torch.testing.assert_close(diffusion, ref_diffusion, rtol=1e-13, atol=0)
+        assert diffusion.shape == (7,) and diffusion.is_contiguous()
+        torch.testing.assert_close(fast.drift(x, t), drift, rtol=0, atol=0)
+        torch.testing.assert_close(generic.drift(x, t), ref_drift, rtol=0, atol=0)
+    assert set(seen) == {(7,)}
+    with pytest.raises(ValueError, match="time must be a scalar or have shape"):
+        fast.sde(x, torch.full((3,), 0.5, dtype=torch.float64))
+    # float32 in, float32 out
+    drift32, diffusion32 = fast.sde(x.float(), 0.5 * sde.T)
+    assert drift32.dtype == diffusion32.dtype == torch.float32
 
 
 def test_discretize_tends_to_euler_maruyama(sde):

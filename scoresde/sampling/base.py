@@ -31,7 +31,7 @@ from scoresde.sampling.grids import (
     resolve_grid,
 )
 from scoresde.sde import LinearSDE
-from scoresde.utils import Generator, as_time, batch_broadcast
+from scoresde.utils import Generator, as_time, batch_broadcast, randn
 
 #: Called once per step, before it, with a dict: ``i`` (step index), ``t`` (grid time of ``x``, a float), ``x``
 #: (the state at ``t``) and ``denoised``: the data prediction there where the sampler has one, else ``None`` (UniPC:
@@ -71,9 +71,42 @@ def add_scaled(x: torch.Tensor, c: float | torch.Tensor, y: torch.Tensor) -> tor
 
 
 def scaled_sum(a: float | torch.Tensor, x: torch.Tensor, b: float | torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``a x + b y`` in two operations (a new tensor), ``a``, ``b`` numbers or tensors broadcasting against ``x``."""
+    """``a x + b y`` in two operations (a new tensor), ``a``, ``b`` numbers or tensors broadcasting against ``x``; one
+    where ``a`` is the number 1 (VE and EDM steps: ``alpha = 1``)."""
+    if not isinstance(a, torch.Tensor) and a == 1:
+        return add_scaled(x, b, y)
     out = scale(x, a)
     return out.addcmul_(b, y) if isinstance(b, torch.Tensor) else out.add_(y, alpha=b)
+
+
+def linear_combination(terms: Sequence[tuple[float, torch.Tensor]]) -> torch.Tensor:
+    """``sum_k c_k v_k`` over the ``(c_k, v_k)`` with a number ``c_k != 0`` (a new tensor; at least one such term), one
+    fused operation per term (the first two in one where the first coefficient is 1)."""
+    terms = [(c, v) for c, v in terms if c != 0]
+    (c0, v0), rest = terms[0], terms[1:]
+    if c0 == 1 and rest:
+        out, rest = add_scaled(v0, rest[0][0], rest[0][1]), rest[1:]
+    else:
+        out = scale(v0, c0)
+    for c, v in rest:
+        out.add_(v, alpha=c)
+    return out
+
+
+def add_noise(x: torch.Tensor, std: float | torch.Tensor, generator: Generator) -> torch.Tensor:
+    """``x + std z`` (a new tensor) with ``z ~ N(0, I)`` drawn as :func:`~scoresde.utils.randn` draws it. On the CPU,
+    for a number ``std >= 0`` and one CPU generator (or none) it is one ``torch.normal(x, std)`` call, which takes the
+    same ``z`` from the generator's stream (and leaves it in the same state) and forms ``x + std z`` to round-off
+    (tested), in one dispatch instead of a draw and an addition; elsewhere (per-sample generators, tensor ``std``,
+    other devices, where that identity is unchecked) it draws, then adds."""
+    if (
+        isinstance(std, float)
+        and std >= 0
+        and x.device.type == "cpu"
+        and (generator is None or (isinstance(generator, torch.Generator) and generator.device.type == "cpu"))
+    ):
+        return torch.normal(x, std, generator=generator)
+    return add_scaled(x, std, randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
 
 
 def x0_from_eps(x: torch.Tensor, eps_hat: torch.Tensor, alpha: Scale, sigma: Scale) -> torch.Tensor:

@@ -22,6 +22,7 @@ from scoresde.sampling.base import (
     GridOption,
     GridSampler,
     StepCallback,
+    add_noise,
     progress_iter,
     scaled_sum,
     start_grid,
@@ -29,7 +30,7 @@ from scoresde.sampling.base import (
 )
 from scoresde.sampling.exponential import cached_per_grid
 from scoresde.sde import LinearSDE
-from scoresde.utils import Generator, randn
+from scoresde.utils import Generator
 
 
 @cached_per_grid
@@ -66,9 +67,7 @@ def sample_ddim(
             denoised = x0_from_eps(x, scaled_sum(p, x, q, own), coords.alpha[i], coords.sigma[i])
             callback({"i": i, "t": coords.times[i], "x": x, "denoised": denoised})
         out = scaled_sum(state_coef + eps_coef * p, x, eps_coef * q, own)
-        if eta > 0:
-            out.add_(randn(x.shape, generator=generator, device=x.device, dtype=x.dtype), alpha=noise_std)
-        x = out
+        x = add_noise(out, noise_std, generator) if eta > 0 else out
     return x
 
 

@@ -24,7 +24,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from scoresde.sampling.base import GridCoords, ModelViews, StepCallback, progress_iter, scale, x0_from_eps
+from scoresde.sampling.base import (
+    GridCoords,
+    ModelViews,
+    StepCallback,
+    progress_iter,
+    scale,
+    scaled_sum,
+    x0_from_eps,
+)
 
 PREDICTIONS = ("data", "noise")
 
@@ -79,21 +87,43 @@ class LinearSteps:
         return max(used)
 
 
-def combine(x: torch.Tensor, state_coef: float, weights, outputs) -> torch.Tensor:
-    """``state_coef x + sum_j weights[j] outputs[j]`` (zero weights skipped)."""
+#: A model output as ``(factor, tensor)``, standing for ``factor * tensor``: ``(q, own)`` where the view is a rescaling
+#: of the model's own output (a score model's ``eps_hat = -sigma score``), else ``(1, view)``.
+Output = tuple[float, torch.Tensor]
+
+
+def model_output(model: ModelViews, view: str, x: torch.Tensor, t: torch.Tensor, alpha: float, sigma: float) -> Output:
+    """One model call as an :data:`Output`: a rescaling of the model's own output is kept as its factor, so the steps
+    that combine outputs fold it into their weights (no tensor operation); any other conversion is made here."""
+    p, q, own = model.linear(view, x, t, alpha, sigma)
+    if isinstance(p, torch.Tensor) or p != 0:
+        return 1.0, scaled_sum(p, x, q, own)
+    return q, own
+
+
+def materialize(m: Output) -> torch.Tensor:
+    """The tensor an :data:`Output` stands for."""
+    return m[1] if m[0] == 1 else scale(m[1], m[0])
+
+
+def combine(x: torch.Tensor, state_coef: float, weights, outputs: list[Output]) -> torch.Tensor:
+    """``state_coef x + sum_j weights[j] outputs[j]`` (zero weights skipped; no scaling of ``x`` where ``state_coef``
+    is 1: VE / EDM in noise prediction), one fused operation per term; ``x`` itself where nothing changes it."""
+    if state_coef == 1:
+        return accumulate(x, weights, outputs)
     out = scale(x, state_coef)
-    for w, m in zip(weights, outputs, strict=False):
+    for w, (c, m) in zip(weights, outputs, strict=False):
         if w != 0.0:
-            out.add_(m, alpha=w)
+            out.add_(m, alpha=w * c)
     return out
 
 
-def accumulate(x: torch.Tensor, weights, outputs) -> torch.Tensor:
+def accumulate(x: torch.Tensor, weights, outputs: list[Output]) -> torch.Tensor:
     """``x + sum_j weights[j] outputs[j]`` as a new tensor (``x`` itself when every weight is zero)."""
     out = x
-    for w, m in zip(weights, outputs, strict=False):
+    for w, (c, m) in zip(weights, outputs, strict=False):
         if w != 0.0:
-            out = torch.add(out, m, alpha=w) if out is x else out.add_(m, alpha=w)
+            out = torch.add(out, m, alpha=w * c) if out is x else out.add_(m, alpha=w * c)
     return out
 
 
@@ -110,16 +140,18 @@ def run_linear_steps(
     """The multistep loop over the grid of ``coords``: one model call per step, at the predicted point ``x`` (with a
     corrector, the previous step's correction is folded into this step: :attr:`LinearSteps.folded`; the corrected
     point is formed only for the callback), then the step."""
-    view = model.x0 if steps.prediction == "data" else model.eps
+    view = "x0" if steps.prediction == "data" else "eps"
     keep = max(steps.history, 1)
-    outputs: list[torch.Tensor] = []  # model outputs at previous grid points, newest first
+    outputs: list[Output] = []  # model outputs at previous grid points, newest first
     for i in progress_iter(range(len(coords) - 1), progress, desc):
-        m = view(x, times[i], coords.alpha[i], coords.sigma[i])
+        m = model_output(model, view, x, times[i], coords.alpha[i], coords.sigma[i])
         outputs = [m, *outputs][:keep]
         if callback is not None:
             correction = steps.corrections[i - 1] if i > 0 else None
             corrected = x if correction is None else accumulate(x, correction, outputs)
-            denoised = m if steps.prediction == "data" else x0_from_eps(corrected, m, coords.alpha[i], coords.sigma[i])
+            m_now = materialize(m)
+            denoised = (m_now if steps.prediction == "data"
+                        else x0_from_eps(corrected, m_now, coords.alpha[i], coords.sigma[i]))  # fmt: skip
             callback({"i": i, "t": coords.times[i], "x": corrected, "denoised": denoised})
         x = combine(x, steps.state_coef[i], steps.folded[i], outputs)
     return x

@@ -13,9 +13,20 @@ import math
 
 import torch
 
-from scoresde.sampling.base import GridOption, GridSampler, StepCallback, add_scaled, progress_iter, scale, start_grid
+from scoresde.sampling.base import (
+    GridOption,
+    GridSampler,
+    StepCallback,
+    add_noise,
+    add_scaled,
+    linear_combination,
+    progress_iter,
+    scale,
+    scaled_sum,
+    start_grid,
+)
 from scoresde.sde import LinearSDE
-from scoresde.utils import Generator, randn
+from scoresde.utils import Generator
 
 
 def time_of_sigma_hat(sde: LinearSDE, sigma_hat: float) -> float:
@@ -47,19 +58,24 @@ def sample_heun(
         gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= s_cur <= s_tmax else 0.0
         if gamma > 0:  # churn: raise the noise level by fresh noise
             s_raised = min(s_cur * (1 + gamma), sigma_hat[0])
-            z = randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
-            y = add_scaled(y, math.sqrt(max(s_raised**2 - s_cur**2, 0.0)) * s_noise, z)
+            y = add_noise(y, math.sqrt(max(s_raised**2 - s_cur**2, 0.0)) * s_noise, generator)
             t_raised = time_of_sigma_hat(sde, s_raised)
             s_cur, t_cur = s_raised, torch.full_like(times[i], t_raised)
             a_cur = float(sde.marginal_alpha(torch.tensor([t_raised], dtype=torch.float64)))
+        # Each slope eps_hat = p x + q own is linear in the state and the model's own output: folded into the steps.
         x_cur = scale(y, a_cur)
-        slope = model.eps(x_cur, t_cur, a_cur, a_cur * s_cur)
+        p, q, own = model.linear("eps", x_cur, t_cur, a_cur, a_cur * s_cur)
+        c = p * a_cur  # slope = c y + q own
         if callback is not None:
+            slope = scaled_sum(c, y, q, own)
             callback({"i": i, "t": float(t_cur[0]), "x": x_cur, "denoised": add_scaled(y, -s_cur, slope)})
         h = sigma_hat[i + 1] - s_cur
-        y_euler = add_scaled(y, h, slope)
-        slope_end = model.eps(scale(y_euler, alpha[i + 1]), times[i + 1], alpha[i + 1], coords.sigma[i + 1])
-        y = add_scaled(y, 0.5 * h, slope + slope_end)
+        y_euler = scaled_sum(1 + h * c, y, h * q, own)
+        a_end = alpha[i + 1]
+        p_end, q_end, own_end = model.linear("eps", scale(y_euler, a_end), times[i + 1], a_end, coords.sigma[i + 1])
+        # trapezoid: y + h/2 (slope + slope_end), slope_end = p_end a_end y_euler + q_end own_end
+        y = linear_combination(((1 + 0.5 * h * c, y), (0.5 * h * q, own), (0.5 * h * p_end * a_end, y_euler),
+                                (0.5 * h * q_end, own_end)))  # fmt: skip
     return scale(y, alpha[-1])
 
 

@@ -23,22 +23,16 @@ FIXED = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implic
 SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
 
 
-def reverse_drift(sde: LinearSDE, score: Callable, x: torch.Tensor, t: torch.Tensor, weight: float) -> torch.Tensor:
-    """``f(t) x - weight g(t)^2 score(x, t)`` at one time ``t`` of shape ``(1,)``: the drift of the reverse SDE
-    (``weight = 1``, Song et al. 2021, Eq. 6) or of the probability-flow ODE (``weight = 1/2``, Eq. 13), from the SDE's
-    own ``f`` and ``g^2`` (computed once for the batch; the score sees the time as ``(B,)``)."""
-    f, g_sq = sde.drift_coef(t), sde.diffusion_sq(t)
-    return torch.addcmul(x * f, g_sq, score(x, t.expand(x.shape[0])), value=-weight)
-
-
 def flow_field(
     sde: LinearSDE, score: Callable, shape: tuple[int, ...], eps: float, T: float
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The probability-flow drift as a function of ``(t, flat_x)`` for a solver; time clamped to ``[eps, T]``."""
+    """The probability-flow drift (``sde.reverse(score, probability_flow=True)``, Eq. 13) as a function of
+    ``(t, flat_x)`` for a solver; the solver's scalar time clamped to ``[eps, T]``."""
+    flow = sde.reverse(score, probability_flow=True)
 
     def field(t: torch.Tensor, x_flat: torch.Tensor) -> torch.Tensor:
-        tt = torch.as_tensor(t, dtype=x_flat.dtype, device=x_flat.device).reshape(1).clamp(eps, T)
-        return reverse_drift(sde, score, x_flat.reshape(shape), tt, 0.5).reshape(x_flat.shape)
+        tt = torch.as_tensor(t, dtype=x_flat.dtype, device=x_flat.device).clamp(eps, T)
+        return flow.drift(x_flat.reshape(shape), tt).reshape(x_flat.shape)
 
     return field
 

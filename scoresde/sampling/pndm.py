@@ -20,14 +20,20 @@ from scoresde.sampling.base import (
     GridSampler,
     ModelViews,
     StepCallback,
-    add_scaled,
     progress_iter,
-    scale,
     scaled_sum,
     start_grid,
     x0_from_eps,
 )
-from scoresde.sampling.exponential import LinearSteps, cached_per_grid, check_choice, combine
+from scoresde.sampling.exponential import (
+    LinearSteps,
+    Output,
+    cached_per_grid,
+    check_choice,
+    combine,
+    materialize,
+    model_output,
+)
 from scoresde.sampling.grids import cached_per_sde
 from scoresde.sde import LinearSDE
 from scoresde.utils import Generator
@@ -76,32 +82,36 @@ def pseudo_runge_kutta(
     sde: LinearSDE,
     model: ModelViews,
     x: torch.Tensor,
-    eps_hat: torch.Tensor,
+    eps_hat: Output,
     coords: GridCoords,
     i: int,
     variant: str,
     t_next: torch.Tensor,
 ) -> torch.Tensor:
-    """One warm-up step from grid point ``i`` given ``eps_hat`` there: pseudo RK4 (``f``) or improved Euler (``s``)."""
+    """One warm-up step from grid point ``i`` given ``eps_hat`` there: pseudo RK4 (``f``) or improved Euler (``s``) on
+    ``dy / d sigma_hat = eps_hat`` with ``y = x / alpha``. ``y`` is never formed: every stage point and the step are
+    one linear combination of ``x`` and the slopes (a score model's rescaling to ``eps_hat`` folded in)."""
     alpha, sigma_hat = coords.alpha, coords.sigma_hat
-    h = sigma_hat[i + 1] - sigma_hat[i]
-    y = scale(x, 1 / alpha[i])
+    h, inv = sigma_hat[i + 1] - sigma_hat[i], 1 / alpha[i]
 
-    def eps_at(y_stage: torch.Tensor, t: torch.Tensor, a: float, s_hat: float) -> torch.Tensor:
-        return model.eps(scale(y_stage, a), t, a, a * s_hat)
+    def eps_at(offset: float, slope: Output, t: torch.Tensor, a: float, s_hat: float) -> Output:
+        """``eps_hat`` at ``x = a (y + offset slope)``."""
+        return model_output(model, "eps", scaled_sum(a * inv, x, a * offset * slope[0], slope[1]), t, a, a * s_hat)
 
     if variant == "s":
-        e2 = eps_at(add_scaled(y, h, eps_hat), t_next, alpha[i + 1], sigma_hat[i + 1])
-        slope_sum, weight = eps_hat + e2, h / 2  # y + h (e1 + e2) / 2
+        e2 = eps_at(h, eps_hat, t_next, alpha[i + 1], sigma_hat[i + 1])
+        slopes = (eps_hat, e2)
+        weights = (h / 2, h / 2)  # y + h (e1 + e2) / 2
     else:
         t_mid, a_mid, s_mid = midpoint(sde, coords, i)
         t_mid = torch.full_like(t_next, t_mid)
-        e2 = eps_at(add_scaled(y, 0.5 * h, eps_hat), t_mid, a_mid, s_mid)
-        e3 = eps_at(add_scaled(y, 0.5 * h, e2), t_mid, a_mid, s_mid)
-        e4 = eps_at(add_scaled(y, h, e3), t_next, alpha[i + 1], sigma_hat[i + 1])
-        # y + h (e1 + 2 e2 + 2 e3 + e4) / 6
-        slope_sum, weight = torch.add(eps_hat, e2, alpha=2).add_(e3, alpha=2).add_(e4), h / 6
-    return scaled_sum(alpha[i + 1], y, alpha[i + 1] * weight, slope_sum)
+        e2 = eps_at(0.5 * h, eps_hat, t_mid, a_mid, s_mid)
+        e3 = eps_at(0.5 * h, e2, t_mid, a_mid, s_mid)
+        e4 = eps_at(h, e3, t_next, alpha[i + 1], sigma_hat[i + 1])
+        slopes = (eps_hat, e2, e3, e4)
+        weights = (h / 6, h / 3, h / 3, h / 6)  # y + h (e1 + 2 e2 + 2 e3 + e4) / 6
+    a_next = alpha[i + 1]
+    return combine(x, a_next * inv, [a_next * w for w in weights], slopes)
 
 
 def sample_pndm(
@@ -119,12 +129,12 @@ def sample_pndm(
     model, coords, times = start_grid(sde, model, x, grid)
     steps = pndm_steps(coords, variant)
     order, warm = VARIANTS[variant]
-    history: list[torch.Tensor] = []  # eps_hat at the previous grid points, newest first
+    history: list[Output] = []  # eps_hat at the previous grid points, newest first
     for i in progress_iter(range(len(grid) - 1), progress, f"pndm-{variant}"):
-        eps_hat = model.eps(x, times[i], coords.alpha[i], coords.sigma[i])
+        eps_hat = model_output(model, "eps", x, times[i], coords.alpha[i], coords.sigma[i])
         history = [eps_hat, *history][:order]
         if callback is not None:
-            denoised = x0_from_eps(x, eps_hat, coords.alpha[i], coords.sigma[i])
+            denoised = x0_from_eps(x, materialize(eps_hat), coords.alpha[i], coords.sigma[i])
             callback({"i": i, "t": coords.times[i], "x": x, "denoised": denoised})
         if i < warm:
             x = pseudo_runge_kutta(sde, model, x, eps_hat, coords, i, variant, times[i + 1])

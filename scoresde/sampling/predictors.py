@@ -15,10 +15,10 @@ from typing import NamedTuple
 
 import torch
 
-from scoresde.sampling.base import ModelViews, add_scaled, as_views, linear_in_view
+from scoresde.sampling.base import ModelViews, add_noise, as_views, linear_in_view
 from scoresde.sampling.grids import cached_per_sde
 from scoresde.sde import LinearSDE, ScoreFn
-from scoresde.utils import Generator, batch_broadcast, randn
+from scoresde.utils import Generator, batch_broadcast
 
 Predictor = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 Scalar = float | torch.Tensor
@@ -68,8 +68,7 @@ def _with_noise(
     """``(x_mean + std z, x_mean)``; on the probability flow (deterministic) ``(x_mean, x_mean)``."""
     if probability_flow:
         return x_mean, x_mean
-    z = randn(x_mean.shape, generator=generator, device=x_mean.device, dtype=x_mean.dtype)
-    return add_scaled(x_mean, std, z), x_mean
+    return add_noise(x_mean, std, generator), x_mean
 
 
 def euler_maruyama_update(

@@ -13,7 +13,6 @@ import torchsde
 from torchsde._brownian.brownian_base import BaseBrownian
 
 from scoresde.sampling.base import GridOption, GridSampler, ModelViews
-from scoresde.sampling.ode import reverse_drift
 from scoresde.sde import LinearSDE
 
 METHODS = ("euler", "milstein", "srk")
@@ -64,15 +63,16 @@ class _ReverseTime(torch.nn.Module):
 
     def __init__(self, sde: LinearSDE, score: ModelViews, shape: tuple[int, ...], eps: float):
         super().__init__()
-        self.sde, self.score, self.shape, self.eps = sde, score, shape, eps
+        self.sde, self.shape, self.eps = sde, shape, eps
+        self.reverse = sde.reverse(score)  # the reverse SDE's drift f x - g^2 score (Eq. 6), the SDE's own
         self._last: tuple | None = None  # torchsde checks shapes with f(t0, y0), then steps from (t0, y0) again
         self._time: tuple | None = None  # (s, t, g) at the last time asked: torchsde asks for f and g (twice) there
 
     def _at(self, s: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The time ``t = T - s`` (shape ``(1,)``, clamped to ``[eps, T]``) and ``g(t)`` expanded to ``y``."""
+        """The time ``t = T - s`` (0-d, clamped to ``[eps, T]``) and ``g(t)`` expanded to ``y``."""
         key = float(s)
         if self._time is None or self._time[0] != key:
-            t = torch.full((1,), min(max(self.sde.T - key, self.eps), self.sde.T), dtype=y.dtype, device=y.device)
+            t = torch.tensor(min(max(self.sde.T - key, self.eps), self.sde.T), dtype=y.dtype, device=y.device)
             self._time = (key, t, torch.sqrt(self.sde.diffusion_sq(t)).expand_as(y))
         return self._time[1], self._time[2]
 
@@ -81,7 +81,7 @@ class _ReverseTime(torch.nn.Module):
         if self._last is not None and self._last[0] == key:
             return self._last[1]
         t = self._at(s, y)[0]
-        out = reverse_drift(self.sde, self.score, y.reshape(self.shape), t, 1.0).reshape(y.shape).neg_()
+        out = self.reverse.drift(y.reshape(self.shape), t).reshape(y.shape).neg_()
         self._last = (key, out)
         return out
 

@@ -114,6 +114,10 @@ class ReverseSDE:
             diffusion = torch.zeros_like(diffusion)
         return drift, diffusion
 
+    def drift(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """The drift alone (the first member of :meth:`sde`): what an ODE solver integrates."""
+        return self.sde(x, t)[0]
+
     def discretize(
         self, x: torch.Tensor, t: torch.Tensor, dt: torch.Tensor | float | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,6 +188,11 @@ class LinearSDE(SDE):
         t = as_time(t, x)
         return batch_broadcast(self.drift_coef(t), x) * x, torch.sqrt(self.diffusion_sq(t))
 
+    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> LinearReverseSDE:
+        """The reverse-time SDE / probability-flow ODE (Eq. 6 / Eq. 13) with drift ``f(t) x - w g(t)^2 score``, its
+        schedule evaluated once per time (:class:`LinearReverseSDE`)."""
+        return LinearReverseSDE(self, score_fn, probability_flow)
+
     def marginal_prob(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = as_time(t, x)
         return batch_broadcast(self.marginal_alpha(t), x) * x, self.marginal_std(t)
@@ -195,7 +204,8 @@ class LinearSDE(SDE):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
-        return randn(shape, generator=generator, device=device, dtype=dtype) * self.prior_std
+        z = randn(shape, generator=generator, device=device, dtype=dtype)
+        return z if self.prior_std == 1 else z * self.prior_std  # (VP: no multiplication by 1 over the whole state)
 
     def prior_logp(self, z: torch.Tensor) -> torch.Tensor:
         d = flat_dim(z)
@@ -224,3 +234,39 @@ class LinearSDE(SDE):
 
     def _params(self) -> dict:
         return {"N": self.N}
+
+
+def _schedule_times(t: torch.Tensor | float, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(time for the schedule, time for the score)``: a scalar time (a number or a 0-d tensor) stays 0-d for the
+    schedule (evaluated once) and is expanded to ``(B,)`` for the score; a ``(B,)`` time is both. Checked as
+    :func:`~scoresde.utils.as_time` checks it."""
+    dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+    t = torch.as_tensor(t, device=x.device, dtype=dtype)
+    if t.ndim == 0:
+        return t, t.expand(x.shape[0])
+    return t, as_time(t, x)
+
+
+class LinearReverseSDE(ReverseSDE):
+    """The reverse of a :class:`LinearSDE`: drift ``f(t) x - w g(t)^2 score(x, t)`` (``w = 1``: the reverse SDE, Song
+    et al. 2021 Eq. 6; ``w = 1/2``: the probability-flow ODE, Eq. 13) from the SDE's own ``f`` and ``g^2``, evaluated
+    once per time (a scalar time: once for the batch), in two fused tensor operations besides the score call."""
+
+    forward: LinearSDE
+
+    def _drift(self, x: torch.Tensor, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(drift, g^2, t)``: ``g^2`` 0-d or ``(B,)`` as the time was given, ``t`` the ``(B,)`` time."""
+        t_sched, t_batch = _schedule_times(t, x)
+        f, g_sq = self.forward.drift_coef(t_sched), self.forward.diffusion_sq(t_sched)
+        score = self.score_fn(x, t_batch)
+        drift = torch.addcmul(x * batch_broadcast(f, x), batch_broadcast(g_sq, x), score, value=-self._weight())
+        return drift, g_sq, t_batch
+
+    def drift(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        return self._drift(x, t)[0]
+
+    def sde(self, x: torch.Tensor, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+        drift, g_sq, t_batch = self._drift(x, t)
+        if self.probability_flow:
+            return drift, torch.zeros(t_batch.shape, dtype=t_batch.dtype, device=t_batch.device)
+        return drift, torch.sqrt(g_sq).expand(t_batch.shape).contiguous()
