@@ -39,14 +39,15 @@ EPS = 1e-3
 F64 = torch.float64
 
 DETERMINISTIC = {
-    "unipc (defaults: logsnr, auto order)": ("unipc", {}),
-    "unipc auto order, logistic": ("unipc", {"grid": "logistic"}),
+    "unipc (defaults: logistic, auto order)": ("unipc", {}),
+    "unipc auto order, logsnr": ("unipc", {"grid": "logsnr"}),
     "unipc order 2, logistic": ("unipc", {"order": 2, "grid": "logistic"}),
     "unipc order 3, logistic": ("unipc", {"order": 3, "grid": "logistic"}),
     "unipc order 3, logsnr (= diffusers bh2 o3 exponential)": ("unipc", {"order": 3, "grid": "logsnr"}),
     "unipc order 3, noise pred., logsnr": ("unipc", {"order": 3, "prediction": "noise", "grid": "logsnr"}),
-    "dpm_solver++ 3 (defaults: logsnr)": ("dpm_solver", {}),
-    "dpm_solver++ 2, logsnr": ("dpm_solver", {"order": 2}),
+    "dpm_solver++ 3 (defaults: logistic)": ("dpm_solver", {}),
+    "dpm_solver++ 3, logsnr": ("dpm_solver", {"grid": "logsnr"}),
+    "dpm_solver++ 2, logsnr": ("dpm_solver", {"order": 2, "grid": "logsnr"}),
     "dpm_solver++ 2, logistic": ("dpm_solver", {"order": 2, "grid": "logistic"}),
     "heun (EDM)": ("heun", {}),
     "pndm (F)": ("pndm", {}),
