@@ -15,8 +15,8 @@ install: $(VENV)/.installed
 run: install
 	$(PY) train.py trainer=digits hydra.run.dir=outputs/main
 
-# Whole suite, slow tests included (not the `heavy` 28x28 end-to-end trainings: `make test-heavy`, 30+ minutes on
-# 2 cores). pytest's exit code 5 (no test collected) is not a failure.
+# Whole suite, slow tests included (not the `heavy` 28x28 end-to-end trainings: `make test-heavy`, ~16 minutes on
+# an idle 2-core machine). pytest's exit code 5 (no test collected) is not a failure.
 test: install
 	$(PY) -m pytest -m "not heavy" $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
