@@ -173,3 +173,20 @@ def test_add_noise_draws_the_same_noise_as_randn():
         expected = 0.5 * torch.stack([torch.randn(3, generator=torch.Generator().manual_seed(k), dtype=dtype)
                                       for k in range(4)])  # fmt: skip
         assert torch.equal(add_noise(x, 0.5, gens), expected)
+
+
+def test_add_noise_keeps_the_gradient_and_the_layout():
+    """``d(x + std z) / dx = 1``: a state that needs a gradient gets it through the noise step (``torch.normal``
+    would pass 0 to its mean), with the same draw; a channels-last state keeps its layout."""
+    from scoresde.sampling.base import add_noise
+
+    x = torch.randn(8, 3, generator=torch.Generator().manual_seed(1), dtype=F64).requires_grad_()
+    out = add_noise(x, 0.5, torch.Generator().manual_seed(7))
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+    with torch.no_grad():
+        again = add_noise(x, 0.5, torch.Generator().manual_seed(7))
+    torch.testing.assert_close(out.detach(), again, rtol=0, atol=1e-15)
+    img = torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+    noisy = add_noise(img, 0.5, torch.Generator().manual_seed(7))
+    assert noisy.is_contiguous(memory_format=torch.channels_last)

@@ -477,3 +477,28 @@ def test_fused_adam_is_the_same_update():
     for a, b in zip(runs[0][1], runs[1][1], strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
         assert (a - start[0 if a.ndim == 2 else 1]).abs().max() > 0.05  # the steps did move the parameters
+
+
+@pytest.mark.skipif(not FUSED_CPU, reason="Adam's fused step on the CPU needs torch >= 2.4")
+def test_a_resumed_run_keeps_its_own_step_implementation(tmp_path):
+    """Loading an optimizer state overwrites the parameter groups, ``fused`` included: a checkpoint written without
+    it (an older run) must not switch the resumed run back to the per-parameter loop."""
+    from scoresde.training import parse_train_config
+    from scoresde.training.build import build_setup
+    from scoresde.training.trainer import Trainer
+
+    run = tmp_path / "run"
+    train_in_process(run, "trainer.steps=4", "trainer.ckpt_every=4")
+    path = run / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["fused"] is True
+    for group in state["optimizer"]["param_groups"]:  # as an older run stored it
+        group["fused"] = None
+    torch.save(state, path)
+    cfg = parse_train_config(compose_cfg(*TOY, "trainer.steps=8", "trainer.ckpt_every=4"))
+    trainer = Trainer(cfg, build_setup(cfg), run)
+    try:
+        trainer.load(path)
+        assert all(group["fused"] is True for group in trainer.optimizer.param_groups)
+    finally:
+        trainer.lock.release()

@@ -98,11 +98,14 @@ def add_noise(x: torch.Tensor, std: float | torch.Tensor, generator: Generator) 
     for a number ``std >= 0`` and one CPU generator (or none) it is one ``torch.normal(x, std)`` call, which takes the
     same ``z`` from the generator's stream (and leaves it in the same state) and forms ``x + std z`` to round-off
     (tested), in one dispatch instead of a draw and an addition; elsewhere (per-sample generators, tensor ``std``,
-    other devices, where that identity is unchecked) it draws, then adds."""
+    other devices, where that identity is unchecked) it draws, then adds. Also where a gradient flows through ``x``
+    (``torch.normal`` passes none to its mean) or ``x`` is not contiguous (its output would lose the layout)."""
     if (
         isinstance(std, float)
         and std >= 0
         and x.device.type == "cpu"
+        and x.is_contiguous()
+        and not (x.requires_grad and torch.is_grad_enabled())
         and (generator is None or (isinstance(generator, torch.Generator) and generator.device.type == "cpu"))
     ):
         return torch.normal(x, std, generator=generator)

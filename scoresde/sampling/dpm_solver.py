@@ -118,8 +118,9 @@ class DPMSolverSampler(GridSampler):
     longest, see :func:`lower_order_final_applies`). On the ``logistic`` grid by default: on exact mixture scores it
     is 3-10x more accurate than ``logsnr`` at 5-6 steps and within ~25% of it (either way) at 8-20 (``logsnr``
     pulls ahead from 25 steps, below 5e-3), benchmarks/bench_samplers.py; on the main job's digits model it reaches
-    the converged ODE's Fréchet distance at 20 steps (14.3 vs 14.3; ``logsnr`` 15.1) and is better at 5, 8, 10 and
-    15 steps too, though not at 4 and 6 (benchmarks/bench_digits.py)."""
+    the converged ODE's Fréchet distance at 20 steps (14.3 vs 14.3, ``logsnr`` 15.1, benchmarks/bench_training.py;
+    11.5 vs 11.4, ``logsnr`` 12.3 on bench_digits.py's draws) and is better at 5, 8, 10 and 15 steps too, though
+    not at 4 and 6 (benchmarks/bench_digits.py)."""
 
     name = "dpm_solver"
     default_steps = 20

@@ -143,8 +143,9 @@ class UniPCSampler(GridSampler):
     ``variant`` ``bh1`` / ``bh2``, ``prediction`` ``data`` (x0) or ``noise`` (eps), and the UniC corrector
     (``unic``, on by default: order + 1 at no extra model call), on the ``logistic`` grid by default (on exact
     mixture scores 3-8x more accurate than ``logsnr`` at 8-20 steps, benchmarks/bench_samplers.py; on the main
-    job's EDM-preconditioned digits model better at every step count from 5 to 20, Fréchet 14.8 vs 30.9 at 5
-    steps, 14.0 vs 16.5 at 10, benchmarks/bench_digits.py). ``lower_order_final``: as ``dpm_solver``'s."""
+    job's EDM-preconditioned digits model better at every step count from 4 to 20, Fréchet 11.9 vs 27.2 at 5
+    steps, 11.3 vs 13.5 at 10, converged ODE 11.4, benchmarks/bench_digits.py; an earlier eps-prediction model
+    preferred ``logsnr``). ``lower_order_final``: as ``dpm_solver``'s."""
 
     name = "unipc"
     default_steps = 20

@@ -107,6 +107,15 @@ def step_generator(seed: int, step: int, device: torch.device) -> torch.Generato
     return torch.Generator(device=device).manual_seed(derived_seed(seed, step))
 
 
+def keep_implementation(optimizer: torch.optim.Optimizer) -> None:
+    """After ``load_state_dict``: the step implementation (``fused`` / ``foreach``) is this run's, not the stored
+    one's (loading overwrites the parameter groups), so a resumed run steps as a fresh one would, same update."""
+    for group in optimizer.param_groups:
+        for key in ("fused", "foreach"):
+            if key in optimizer.defaults:
+                group[key] = optimizer.defaults[key]
+
+
 def build_score_model(cfg, setup: Setup, data_shape: tuple[int, ...]) -> ScoreModel:
     m = cfg.model
     opts = dict(sigma_data=m.sigma_data, centered=m.centered or len(data_shape) != 3, scale_by_sigma=m.scale_by_sigma)
@@ -261,6 +270,7 @@ class Trainer:
         load_state_strict(self.ema, state["ema"], src, "EMA model")
         try:
             self.optimizer.load_state_dict(state["optimizer"])
+            keep_implementation(self.optimizer)
             if self.scheduler is not None and state.get("scheduler") is not None:
                 self.scheduler.load_state_dict(state["scheduler"])
             if state.get("scaler"):
