@@ -513,3 +513,21 @@ def test_perturb_draws_the_forward_marginal(sde):
     var = exact.covariance().diagonal().max()
     assert float((draws.mean(0) - exact.mean()).abs().max()) < 5 * float((var / n) ** 0.5)
     assert float((torch.cov(draws.T) - exact.covariance()).abs().max()) < 5 * float(var) * math.sqrt(2 / n)
+
+
+def test_linear_reverse_hands_the_schedule_one_dimensional_times():
+    """Schedules are written for 1-D times (LinearSDE's docstring): the fast reverse drift evaluates them once at a
+    scalar time as a ``(1,)`` tensor, and at per-sample times as ``(B,)``; never as a 0-d tensor."""
+    shapes = []
+
+    class Recording(VPSDE):
+        def drift_coef(self, t):
+            shapes.append(tuple(t.shape))
+            return super().drift_coef(t)
+
+    reverse = Recording().reverse(lambda x, t: -x, probability_flow=True)
+    x = torch.randn(5, 2, dtype=torch.float64)
+    for t, shape in ((0.4, (1,)), (torch.tensor(0.4, dtype=torch.float64), (1,)), (torch.full((5,), 0.4), (5,))):
+        shapes.clear()
+        reverse.drift(x, t)
+        assert shapes == [shape]

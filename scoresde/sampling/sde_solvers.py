@@ -69,11 +69,12 @@ class _ReverseTime(torch.nn.Module):
         self._time: tuple | None = None  # (s, t, g) at the last time asked: torchsde asks for f and g (twice) there
 
     def _at(self, s: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The time ``t = T - s`` (0-d, clamped to ``[eps, T]``) and ``g(t)`` expanded to ``y``."""
+        """The time ``t = T - s`` (0-d, clamped to ``[eps, T]``) and ``g(t)`` expanded to ``y`` (the schedule sees the
+        time as ``(1,)``, the shape schedules are written for)."""
         key = float(s)
         if self._time is None or self._time[0] != key:
             t = torch.tensor(min(max(self.sde.T - key, self.eps), self.sde.T), dtype=y.dtype, device=y.device)
-            self._time = (key, t, torch.sqrt(self.sde.diffusion_sq(t)).expand_as(y))
+            self._time = (key, t, torch.sqrt(self.sde.diffusion_sq(t.reshape(1))).expand_as(y))
         return self._time[1], self._time[2]
 
     def f(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -240,11 +240,9 @@ def _schedule_times(t: torch.Tensor | float, x: torch.Tensor) -> tuple[torch.Ten
     """``(time for the schedule, time for the score)``: a scalar time (a number or a 0-d tensor) becomes ``(1,)`` for
     the schedule (evaluated once; schedules are written for 1-D times) and is expanded to ``(B,)`` for the score; a
     ``(B,)`` time is both. Checked as :func:`~scoresde.utils.as_time` checks it."""
-    dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
-    t = torch.as_tensor(t, device=x.device, dtype=dtype)
-    if t.ndim == 0:
-        return t.reshape(1), t.expand(x.shape[0])
-    return t, as_time(t, x)
+    t_batch = as_time(t, x)
+    scalar = not isinstance(t, torch.Tensor) or t.ndim == 0
+    return (t_batch[:1] if scalar else t_batch), t_batch
 
 
 class LinearReverseSDE(ReverseSDE):

@@ -98,8 +98,8 @@ def fused_when_open(make: Callable[..., torch.optim.Optimizer]) -> Callable[...,
     154 tensors, against ~2 ms fused. Only the implementation changes (same formula, round-off apart); a config that
     names ``fused`` or ``foreach`` keeps its choice, and parameters the fused kernel does not take (an old torch, a
     device without the kernel) keep the default step."""
-    named = isinstance(make, functools.partial) and {"fused", "foreach"} & make.keywords.keys()
-    if not (isinstance(make, functools.partial) and make.func in FUSABLE) or named:
+    partial = isinstance(make, functools.partial)
+    if not partial or make.func not in FUSABLE or {"fused", "foreach"} & make.keywords.keys():
         return make
 
     def make_fused(params) -> torch.optim.Optimizer:
