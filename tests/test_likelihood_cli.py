@@ -31,6 +31,18 @@ def test_trained_run_on_its_own_data(tmp_path):
     res = run_likelihood(tmp_path / "out", f"ckpt={run}", "n=16", "divergence=exact", "rtol=1e-3", "atol=1e-3")
     assert res["metric"] == "nats/sample" and res["n"] == 16 and math.isfinite(res["mean"]) and res["nfe"] > 0
     assert json.loads((tmp_path / "out" / "likelihood.json").read_text())["mean"] == res["mean"]
+    # The default coordinates (angle) and the reference's (t) give the same answer to the solver's error.
+    t = run_likelihood(tmp_path / "t", f"ckpt={run}", "n=16", "divergence=exact", "rtol=1e-3", "atol=1e-3",
+                       "time_variable=t")  # fmt: skip
+    assert t["mean"] == pytest.approx(res["mean"], abs=2e-2), (t["mean"], res["mean"])
+
+
+@pytest.mark.parametrize("override, key", [("time_variable=sigma", "time_variable"), ("sigma_data=0", "sigma_data"),
+                                           ("sigma_data=-1", "sigma_data")])  # fmt: skip
+def test_bad_coordinates_are_refused_by_name(tmp_path, override, key):
+    with pytest.raises(ValueError, match=key):
+        run_likelihood(tmp_path, "ckpt=nowhere", override)
+    assert not any(tmp_path.iterdir())
 
 
 def test_reference_checkpoint_on_uint8_images(tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from scoresde.generate import sample_seed
-from scoresde.likelihood import DIVERGENCES
+from scoresde.likelihood import DIVERGENCES, TIME_VARIABLES
 from scoresde.schema import ConfigError, require
 from scoresde.training.config import DataConfig
 
@@ -42,6 +42,8 @@ class LikelihoodConfig:
     rtol: float = 1e-5
     atol: float = 1e-5
     divergence: str = "hutchinson_rademacher"
+    time_variable: str = "angle"  # the ODE's coordinates: angle | t | lambda (scoresde.likelihood)
+    sigma_data: float = 1.0  # the Gaussian reference's std of the angle coordinates
     float64: bool = False
     device: str = "auto"
     out: str | None = None
@@ -53,6 +55,8 @@ def check(cfg: LikelihoodConfig) -> None:
     require(cfg.batch_size >= 1, "batch_size", cfg.batch_size, "must be >= 1")
     require(cfg.repeats >= 1, "repeats", cfg.repeats, "must be >= 1")
     require(cfg.divergence in DIVERGENCES, "divergence", cfg.divergence, f"choose one of {DIVERGENCES}")
+    require(cfg.time_variable in TIME_VARIABLES, "time_variable", cfg.time_variable, f"choose one of {TIME_VARIABLES}")
+    require(math.isfinite(cfg.sigma_data) and cfg.sigma_data > 0, "sigma_data", cfg.sigma_data, "must be > 0")
     require(cfg.rtol > 0 and cfg.atol > 0, "rtol/atol", (cfg.rtol, cfg.atol), "must be > 0")
     require(cfg.eps > 0, "eps", cfg.eps, "must be > 0")
 
@@ -100,7 +104,8 @@ def _run(cfg: LikelihoodConfig, out_dir: str | Path, dist) -> dict | None:
     if tuple(x.shape[1:]) != tuple(loaded.data_shape):
         raise ConfigError(f"data samples have shape {tuple(x.shape[1:])}, the model takes {tuple(loaded.data_shape)}")
     model = loaded.model.to(dist.device).eval()
-    options = dict(eps=cfg.eps, rtol=cfg.rtol, atol=cfg.atol, method=cfg.method, divergence=cfg.divergence)
+    options = dict(eps=cfg.eps, rtol=cfg.rtol, atol=cfg.atol, method=cfg.method, divergence=cfg.divergence,
+                   time_variable=cfg.time_variable, sigma_data=cfg.sigma_data)  # fmt: skip
     if cfg.float64:
         options["dtype"] = torch.float64
     starts = list(range(0, len(x), cfg.batch_size))
