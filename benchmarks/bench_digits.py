@@ -174,7 +174,7 @@ def main() -> None:
         if shape[-1] != test.shape[-1]:
             test = torch.nn.functional.interpolate(test, size=shape[-2:], mode="nearest")
         data_range = (-1.0, 1.0) if centered else (0.0, 1.0)
-        for time_variable in ("t", "lambda"):
+        for time_variable in ("angle", "t"):
             for tol in (float(s) for s in args.tols.split(",")):
                 start = time.perf_counter()
                 r = dataset_bits_per_dim(sde, model, [test], bits=math.log2(17), data_range=data_range, repeats=1,

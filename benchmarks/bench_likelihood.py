@@ -9,8 +9,10 @@ and tolerance is scored by its mean absolute error in nats, its number of score 
   per evaluation, as the reference code does (there: GPU -> CPU -> GPU). Both Dormand–Prince 5(4); the time ratio is
   reported at equal accuracy (SciPy's time interpolated, log-log, at dopri5's error).
 * Hutchinson (Gaussian, Rademacher) vs exact divergence: spread of the estimate per sample, bias, and cost.
-* The time variable: dopri5 in ``t`` (default) vs in ``lambda = log(alpha / sigma)`` (``time_variable="lambda"``,
-  state ``x / alpha``): the NFE ratio at equal accuracy (interpolated log-log in the error).
+* The ODE's coordinates (``time_variable``): each adaptive method in ``t`` (the reference's and our former default),
+  in ``angle`` (the default: ``atan(sigma / alpha)`` with the state ``x / sqrt(alpha^2 + sigma^2)``) and dopri5 in
+  ``lambda = log(alpha / sigma)`` (state ``x / alpha``): the NFE ratio to dopri5 in ``t`` at equal accuracy
+  (interpolated log-log in the error). Plain method names in the tables are in ``t``.
 
 Everything in float64 with the exact divergence unless stated. Prints markdown tables and writes PNG plots into
 ``benchmarks/results/``::
@@ -101,19 +103,21 @@ def accuracy_rows(name, dim, args, device) -> list[Row]:
         return float((logp - exact).abs().mean())
 
     for method in args.methods:
-        for tol in args.tols:
-            if method == "bosh3" and tol < args.bosh3_min_tol:
+        for variable in args.time_variables:
+            if variable == "lambda" and method != "dopri5":
                 continue
-            res, sec = timed(lambda: log_likelihood(sde, score, x, EPS, tol, tol, method, "exact"))  # noqa: B023
-            rows.append(Row(name, dim, method, f"{tol:.0e}", err(res.logp), res.nfe, sec))
-    for tol in args.tols:
-        res, sec = timed(
-            lambda: log_likelihood(sde, score, x, EPS, tol, tol, "dopri5", "exact", time_variable="lambda")  # noqa: B023
-        )
-        rows.append(Row(name, dim, "dopri5 (lambda)", f"{tol:.0e}", err(res.logp), res.nfe, sec))
+            label = method if variable == "t" else f"{method} ({variable})"
+            for tol in args.tols:
+                if method == "bosh3" and tol < args.bosh3_min_tol:
+                    continue
+                res, sec = timed(
+                    lambda: log_likelihood(sde, score, x, EPS, tol, tol, method, "exact", time_variable=variable)  # noqa: B023
+                )
+                rows.append(Row(name, dim, label, f"{tol:.0e}", err(res.logp), res.nfe, sec))
     for steps in args.rk4_steps:
         opts = {"step_size": (sde.T - EPS) / steps}
-        res, sec = timed(lambda: log_likelihood(sde, score, x, EPS, method="rk4", divergence="exact", options=opts))  # noqa: B023
+        kw = dict(method="rk4", divergence="exact", options=opts, time_variable="t")  # step sizes in t
+        res, sec = timed(lambda: log_likelihood(sde, score, x, EPS, **kw))  # noqa: B023
         rows.append(Row(name, dim, "rk4", f"{steps} steps", err(res.logp), res.nfe, sec))
     for tol in args.tols:
         (logp, nfe), sec = timed(lambda: scipy_rk45(sde, score, x, tol, tol))  # noqa: B023
@@ -149,21 +153,24 @@ def nfe_ratio_at_equal_accuracy(rows: list[Row], solver: str, baseline: str = "d
     return out
 
 
-def hutchinson_rows(name, dim, args, device) -> list[dict]:
-    """Per-sample spread of the Hutchinson estimate over ``args.probes`` independent probes, and its bias."""
+def hutchinson_rows(name, dim, args, device, variable: str) -> list[dict]:
+    """Per-sample spread of the Hutchinson estimate over ``args.probes`` independent probes, and its bias, in the
+    coordinates ``variable`` (the probe lives in the state's space: ``x`` in ``t``, ``x / m`` in ``angle``)."""
     sde = SDES[name]()
     mix = random_mixture(dim, n_components=4, seed=dim)
     x = mix.sample(args.hutch_batch, torch.Generator().manual_seed(1)).to(device)
     score = mix.score_fn(sde)
     tol = args.hutch_tol
-    exact, sec_exact = timed(lambda: log_likelihood(sde, score, x, EPS, tol, tol, divergence="exact"))
-    out = [dict(sde=name, dim=dim, divergence="exact", std=0.0, bias=0.0, stderr=0.0, nfe=exact.nfe, sec=sec_exact)]
+    kw = dict(time_variable=variable)
+    exact, sec_exact = timed(lambda: log_likelihood(sde, score, x, EPS, tol, tol, divergence="exact", **kw))
+    out = [dict(sde=name, dim=dim, variable=variable, divergence="exact", std=0.0, bias=0.0, stderr=0.0,
+                nfe=exact.nfe, sec=sec_exact)]  # fmt: skip
     for div in ("hutchinson_gaussian", "hutchinson_rademacher"):
         ests, secs, nfes = [], [], []
         for k in range(args.probes):
             gen = torch.Generator().manual_seed(100 + k)
             res, sec = timed(
-                lambda: log_likelihood(sde, score, x, EPS, tol, tol, divergence=div, generator=gen),  # noqa: B023
+                lambda: log_likelihood(sde, score, x, EPS, tol, tol, divergence=div, generator=gen, **kw),  # noqa: B023
                 repeats=1,
             )
             ests.append(res.logp)
@@ -175,6 +182,7 @@ def hutchinson_rows(name, dim, args, device) -> list[dict]:
             dict(
                 sde=name,
                 dim=dim,
+                variable=variable,
                 divergence=div,
                 std=float(errs.std(dim=0).mean()),
                 bias=float(errs.mean()),
@@ -202,21 +210,22 @@ def print_tables(rows, speed, hutch, args):
     ratios = [item[3] for items in speed.values() for item in items]
     if ratios:
         print(f"\nmedian SciPy / ours at equal accuracy: {np.median(ratios):.2f}x over {len(ratios)} points")
-    print("\n## Time variable: NFE of dopri5 in lambda / NFE in t at equal accuracy (log-log interpolation)\n")
-    print("| SDE | D | error (nats) | NFE ratio lambda / t |")
-    print("|---|---|---|---|")
+    print("\n## Coordinates: NFE / NFE of dopri5 in t at equal accuracy (log-log interpolation)\n")
+    print("| SDE | D | solver | error (nats) | NFE ratio |")
+    print("|---|---|---|---|---|")
     for name, dim in sorted({(r.sde, r.dim) for r in rows}):
         sel = [r for r in rows if (r.sde, r.dim) == (name, dim)]
-        for error, ratio in nfe_ratio_at_equal_accuracy(sel, "dopri5 (lambda)"):
-            print(f"| {name} | {dim} | {error:.2e} | {ratio:.2f} |")
+        for solver in sorted({r.solver for r in sel if "(" in r.solver or r.solver == "dopri8"}):
+            for error, ratio in nfe_ratio_at_equal_accuracy(sel, solver):
+                print(f"| {name} | {dim} | {solver} | {error:.2e} | {ratio:.2f} |")
     setting = f"batch {args.hutch_batch}, {args.probes} probes, tol {args.hutch_tol:g}"
     print(f"\n## Hutchinson vs exact divergence ({setting})\n")
-    print("| SDE | D | divergence | per-sample std (nats) | mean error ± s.e. (nats) | NFE | wall (s) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| SDE | D | coordinates | divergence | per-sample std (nats) | mean error ± s.e. (nats) | NFE | wall (s) |")
+    print("|---|---|---|---|---|---|---|---|")
     for h in hutch:
         print(
-            f"| {h['sde']} | {h['dim']} | {h['divergence']} | {h['std']:.3f} | {h['bias']:+.4f} ± {h['stderr']:.4f} "
-            f"| {h['nfe']} | {h['sec']:.3f} |"
+            f"| {h['sde']} | {h['dim']} | {h['variable']} | {h['divergence']} | {h['std']:.3f} "
+            f"| {h['bias']:+.4f} ± {h['stderr']:.4f} | {h['nfe']} | {h['sec']:.3f} |"
         )
 
 
@@ -227,7 +236,8 @@ def plot(rows, configs, out: Path):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(configs), 2, figsize=(10, 3.2 * len(configs)), squeeze=False)
-    styles = {"dopri5": "o-", "dopri5 (lambda)": "d-", "bosh3": "s-", "rk4": "^-", "scipy_RK45": "x--"}
+    styles = {"dopri5": "o-", "dopri5 (angle)": "v-", "dopri5 (lambda)": "d-", "bosh3": "s-", "rk4": "^-"}
+    styles["scipy_RK45"] = "x--"
     for i, (name, dim) in enumerate(configs):
         for solver, style in styles.items():
             sel = [r for r in rows if (r.sde, r.dim, r.solver) == (name, dim, solver)]
@@ -254,6 +264,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=2, help="timing: best of this many runs")
     p.add_argument("--tols", default="1e-3,1e-4,1e-5,1e-6,1e-7")
     p.add_argument("--methods", default="dopri5,bosh3", help="adaptive torchdiffeq methods")
+    p.add_argument("--time-variables", default="t,angle,lambda", help="coordinates (lambda: dopri5 only)")
     p.add_argument("--bosh3-min-tol", type=float, default=1e-6, help="skip bosh3 below this tolerance (slow)")
     p.add_argument("--rk4-steps", default="10,30,100")
     p.add_argument("--hutch-batch", type=int, default=64)
@@ -265,6 +276,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     args.tols = [float(v) for v in args.tols.split(",")]
     args.methods = [m for m in args.methods.split(",") if m]
+    args.time_variables = [v for v in args.time_variables.split(",") if v]
+    if "t" not in args.time_variables:
+        raise SystemExit("--time-variables must include t: the ratios are to dopri5 in t")
     args.rk4_steps = [int(v) for v in args.rk4_steps.split(",") if v]
     torch.set_num_threads(args.threads)
     global REPEATS
@@ -282,7 +296,7 @@ def main(argv=None):
         new = accuracy_rows(name, dim, args, device)
         rows += new
         speed[(name, dim)] = speedup_at_equal_accuracy(new)
-        hutch += hutchinson_rows(name, dim, args, device)
+        hutch += [h for v in ("t", "angle") for h in hutchinson_rows(name, dim, args, device, v)]
     print_tables(rows, speed, hutch, args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
