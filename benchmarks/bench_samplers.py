@@ -13,8 +13,9 @@ best 99% of trajectories, per dimension, divided by the std of the reference end
 4. ``stochastic``: sliced Wasserstein distance to data vs NFE (null level: two data samples).
 5. ``overhead``: sampler time / (NFE x one bare call), interleaved, median of 15, with the exact score on 512 points
    (a cheap call; ``--overhead-points 1024`` for one about twice as costly) and a 0.5 M-parameter MLP on 4096
-   points; wall and process CPU time, and the sampler's wall time outside the model's calls per NFE (the model
-   timed inside the run).
+   points; wall and process CPU time, the wall ratio against the sampler's own calls replayed bare (same views,
+   same recorded inputs), and the sampler's wall time outside the model's calls per NFE (the model timed inside
+   the run).
 Prints markdown tables; writes benchmarks/results/samplers_quality.png.
 """
 
@@ -176,10 +177,11 @@ def quality_stochastic(n: int, steps_list):
 
 
 class TimedModel:
-    """A model's views (score call, ``x0_hat`` / ``eps_hat`` where it has them) that add up the time spent in them."""
+    """A model's views (score call, ``x0_hat`` / ``eps_hat`` where it has them) that add up the time spent in them;
+    with ``record`` a list, each call's view and inputs are appended to it (to replay the same calls bare)."""
 
     def __init__(self, model):
-        self.model, self.seconds = model, 0.0
+        self.model, self.seconds, self.record = model, 0.0, None
         for name in ("x0_hat", "eps_hat"):
             if hasattr(model, name):
                 setattr(self, name, self._timed(getattr(model, name)))
@@ -187,6 +189,8 @@ class TimedModel:
 
     def _timed(self, fn):
         def timed(x, t):
+            if self.record is not None:
+                self.record.append((timed, x.clone(), t.clone()))
             start = time.perf_counter()
             out = fn(x, t)
             self.seconds += time.perf_counter() - start
@@ -200,10 +204,13 @@ class TimedModel:
 
 def overhead(
     kind: str, reps: int = 15, nfe_target: int = 20, points: int | None = None
-) -> tuple[float, list[tuple[str, int, float, float, float]]]:
-    """Sampler time / (the same number of bare calls), interleaved A B A B, median of ``reps``, wall and CPU; and the
-    sampler's wall time outside the model's calls per NFE (us), the part this library spends. Also returns the median
-    bare call (ms). ``points``: the batch (default 512 for the exact score, 4096 for the MLP)."""
+) -> tuple[float, list[tuple[str, int, float, float, float, float]]]:
+    """Sampler time / (the same number of bare calls), interleaved A B C A B C, median of ``reps``: wall and CPU time
+    against bare calls on one fixed input (B), and wall time against the sampler's own calls replayed bare (C: the
+    same views on the same inputs, recorded once), which separates the loop's cost from a score whose cost depends
+    on its input; and the sampler's wall time outside the model's calls per NFE (us), the part this library spends.
+    Also returns the median bare call (ms). ``points``: the batch (default 512 for the exact score, 4096 for the
+    MLP)."""
     torch.manual_seed(0)
     sde = VPSDE()
     if kind == "mlp":
@@ -237,7 +244,15 @@ def overhead(
                 return sampler(sde, timed, (batch, 2), torch.Generator().manual_seed(0))
 
             nfe = run().nfe
-            ratios_wall, ratios_cpu, outside = [], [], []
+            timed.record = []
+            run()
+            replay, timed.record = timed.record, None
+
+            def replayed(replay=replay):
+                for view, xr, tr in replay:
+                    view(xr, tr)
+
+            ratios_wall, ratios_cpu, ratios_replay, outside = [], [], [], []
             for _ in range(reps):
                 timed.seconds = 0.0
                 w0, c0 = time.perf_counter(), time.process_time()
@@ -246,13 +261,16 @@ def overhead(
                 inside = timed.seconds
                 calls(nfe)  # noqa: B023
                 w2, c2 = time.perf_counter(), time.process_time()
+                replayed()
+                w3 = time.perf_counter()
                 ratios_wall.append((w1 - w0) / (w2 - w1))
+                ratios_replay.append((w1 - w0) / (w3 - w2))
                 ratios_cpu.append((c1 - c0) / max(c2 - c1, 1e-9))
                 outside.append((w1 - w0 - inside) / nfe * 1e6)
                 bare.append((w2 - w1) / nfe * 1e3)
             label = f"{name} {opts}"
             med = statistics.median
-            rows.append((label, nfe, med(ratios_wall), med(ratios_cpu), med(outside)))
+            rows.append((label, nfe, med(ratios_wall), med(ratios_cpu), med(ratios_replay), med(outside)))
     return statistics.median(bare), rows
 
 
@@ -311,10 +329,11 @@ def main() -> None:
             batch = args.overhead_points or (4096 if kind == "mlp" else 512)
             print(f"\n### Loop overhead, CPU, 1 thread, {models[kind]}, batch {batch} (bare call {bare:.3f} ms): "
                   f"sampler time / (NFE bare calls), median of {args.reps}\n")  # fmt: skip
-            print("| sampler | NFE | wall ratio | CPU-time ratio | outside the model per NFE (us) |")
-            print("|---|---|---|---|---|")
-            for label, nfe, wall, cpu, outside in rows:
-                print(f"| {label} | {nfe} | {wall:.3f} | {cpu:.3f} | {outside:.0f} |")
+            print("| sampler | NFE | wall ratio | CPU-time ratio | wall ratio, own calls replayed | outside the model "
+                  "per NFE (us) |")  # fmt: skip
+            print("|---|---|---|---|---|---|")
+            for label, nfe, wall, cpu, replay, outside in rows:
+                print(f"| {label} | {nfe} | {wall:.3f} | {cpu:.3f} | {replay:.3f} | {outside:.0f} |")
 
 
 if __name__ == "__main__":

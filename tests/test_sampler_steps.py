@@ -378,3 +378,20 @@ def test_sdeint_srk_matches_the_exact_reverse_transition(name):
     got = _sample("sdeint", name, score, x, seed=23, steps=50, method="srk")
     assert ((got.mean(0) - mean).abs() < 5 * (var / n).sqrt()).all(), (got.mean(0), mean)
     assert ((got.var(0) / var - 1).abs() < 5 * math.sqrt(2 / n) + 0.01).all(), (got.var(0), var)
+
+
+def test_norm_ratio_as_number_equals_the_tensor_form():
+    """The corrector's ``mean ||z|| / mean ||score||`` read out as a number (one stacked reduction, the CPU path)
+    equals the 0-d tensor form (the accelerator path) to float64 round-off, on image-shaped input, and a zero
+    score is clamped in both instead of dividing by zero."""
+    from scoresde.sampling.correctors import norm_ratio
+
+    gen = torch.Generator().manual_seed(0)
+    z, g = (torch.randn(6, 3, 4, 5, generator=gen, dtype=torch.float64) for _ in range(2))
+    number, tensor = norm_ratio(z, g, as_number=True), norm_ratio(z, g, as_number=False)
+    assert isinstance(number, float) and tensor.ndim == 0
+    expected = z.flatten(1).norm(dim=1).mean() / g.flatten(1).norm(dim=1).mean()
+    assert number == pytest.approx(float(expected), rel=1e-14) and float(tensor) == pytest.approx(number, rel=1e-14)
+    zero = torch.zeros_like(g)
+    assert norm_ratio(z, zero, as_number=True) == pytest.approx(float(norm_ratio(z, zero, as_number=False)), rel=1e-12)
+    assert math.isfinite(norm_ratio(z, zero, as_number=True))

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 
+from scoresde.sampling.base import add_scaled
 from scoresde.sde import LinearSDE, ScoreFn
 from scoresde.utils import Generator, batch_broadcast, randn
 
@@ -25,9 +26,17 @@ def _mean_norm(v: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(v, dim=tuple(range(1, v.ndim))).mean()
 
 
-def _add_product(x: torch.Tensor, c: float | torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``x + c u v`` in one fused operation where ``c`` is a number (two where it is a tensor)."""
-    return torch.addcmul(x, u * c, v) if isinstance(c, torch.Tensor) else torch.addcmul(x, u, v, value=c)
+def norm_ratio(noise: torch.Tensor, grad: torch.Tensor, as_number: bool | None = None) -> float | torch.Tensor:
+    """``mean_b ||noise_b|| / mean_b ||grad_b||`` (the denominator clamped away from 0).
+
+    ``as_number`` (default: on the CPU) computes both norms in one reduction of the stacked pair and reads the
+    two sums out as numbers, 3 tensor operations instead of 6 (reading a CPU tensor costs no synchronization);
+    otherwise a 0-d tensor, which keeps an accelerator's queue free of a host read. Equal to round-off (tested).
+    """
+    if as_number if as_number is not None else noise.device.type == "cpu":
+        sums = torch.linalg.vector_norm(torch.stack((noise, grad)).flatten(2), dim=2).sum(1).tolist()
+        return sums[0] / max(sums[1], 1e-30 * len(noise))
+    return _mean_norm(noise).div_(_mean_norm(grad).clamp_min_(1e-30))
 
 
 def _langevin_steps(
@@ -36,21 +45,22 @@ def _langevin_steps(
     t: torch.Tensor,
     n_steps: int,
     generator: Generator,
-    level: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    level: Callable[[torch.Tensor, torch.Tensor], float | torch.Tensor],
     step_coef: float | torch.Tensor,
     std_coef: float | torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``n_steps`` of ``x <- x + step * score + sqrt(2 step) z`` with ``step = step_coef q^2`` (the paper's
-    ``epsilon``) and ``sqrt(2 step) = std_coef q``, where ``q = level(score, z)`` is 0-d or ``(B,)``."""
+    ``epsilon``) and ``sqrt(2 step) = std_coef q``, where ``q = level(score, z)`` is a number, 0-d or ``(B,)``."""
     if isinstance(step_coef, torch.Tensor):
         step_coef, std_coef = batch_broadcast(step_coef, x), batch_broadcast(std_coef, x)
     x_mean = x
     for _ in range(n_steps):
         grad = score(x, t)
         noise = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        q = batch_broadcast(level(grad, noise), x)
-        x_mean = _add_product(x, step_coef, q.square(), grad)
-        x = _add_product(x_mean, std_coef, q, noise)
+        q = level(grad, noise)
+        q = batch_broadcast(q, x) if isinstance(q, torch.Tensor) else q
+        x_mean = add_scaled(x, step_coef * q * q, grad)
+        x = add_scaled(x_mean, std_coef * q, noise)
     return x, x_mean
 
 
@@ -72,8 +82,8 @@ def langevin(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Langevin corrector with the signal-to-noise step rule ``eps = 2 alpha_{t|s}^2 (r ||z|| / ||s||)^2`` (Alg. 4)."""
 
-    def level(grad: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return _mean_norm(noise).div_(_mean_norm(grad).clamp_min_(1e-30))
+    def level(grad: torch.Tensor, noise: torch.Tensor) -> float | torch.Tensor:
+        return norm_ratio(noise, grad)
 
     return _langevin_steps(score, x, t, n_steps, generator, level, *_coefficients(alpha_ts_sq, snr))
 
