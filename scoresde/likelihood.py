@@ -14,7 +14,7 @@ The independent variable and the state are a choice (``time_variable``); the log
 * ``"angle"`` (default): ``theta = atan(sigma / (alpha c))`` and ``y = x / m`` with ``m = sqrt(alpha^2 c^2 + sigma^2)``,
   ``c = sigma_data``. Then ``dy / d theta = -tan(theta) (y + m s(m y, t))`` and ``div_y = -tan(theta) (D + m^2
   div_x s)``: both vanish for Gaussian data of std ``c``, so the solver only spends steps on what is not Gaussian
-  (the coordinates of TrigFlow, Lu & Song 2024, Sec. 3, for any linear SDE). The ODE is the same for every SDE
+  (the coordinates of TrigFlow, Lu & Song, ICLR 2025, for any linear SDE). The ODE is the same for every SDE
   up to the range of ``theta``. Measured on the 2-D and 16-D mixtures (benchmarks/bench_likelihood.py) it takes
   0.3-0.8x the NFE of ``t`` at equal accuracy on VE, sub-VP, cosine VP and EDM's SDE, and about the same on VP,
   whose ``x`` already is this state for ``c = 1`` (``alpha^2 + sigma^2 = 1``).
