@@ -2,12 +2,15 @@
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_digits.py --run outputs/main [--n 359] [--device cuda]
     PYTHONPATH=. .venv/bin/python benchmarks/bench_digits.py --train /tmp/digits_run [--train-overrides "..."]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_digits.py --run outputs/main --bpd-only   # bits/dim table alone
 
 ``--train DIR`` first trains the main job's recipe (``python train.py trainer=digits``, plus ``--train-overrides``)
 into ``DIR`` (skipped when ``DIR`` already holds a finished run), so the table can be rerun on a changed recipe.
 The reference value is the converged probability-flow ODE (dopri5, rtol = atol = 1e-5); each sampler's NFE counts
 its final denoising step. Fitted grids (UniPC) are fitted on 256 prior draws and cached in the run directory.
-Prints markdown tables and writes benchmarks/results/digits_quality.png.
+Bits/dim of 64 test images in the ``angle`` and ``t`` coordinates, each tolerance scored against a float64 solve at
+1e-7 with the same dequantization and probes. Prints markdown tables and writes benchmarks/results/digits_quality.png
+(``--bpd-only``: digits_bpd.png).
 """
 
 from __future__ import annotations
@@ -86,37 +89,14 @@ def real_floor(n: int, seeds: int) -> tuple[float, float]:
     return statistics.mean(fds), statistics.stdev(fds) if len(fds) > 1 else 0.0
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", default=None, help="run directory, checkpoint or ema.safetensors")
-    ap.add_argument("--train", default=None, help="train the main-job recipe into this directory first")
-    ap.add_argument("--train-overrides", default="", help="extra train.py overrides, e.g. 'loss.name=edm'")
-    ap.add_argument("--n", type=int, default=359, help="samples per point (the digits test split has 359)")
-    ap.add_argument("--steps", default="4,5,6,8,10,15,20,50")
-    ap.add_argument("--seeds", type=int, default=5, help="draws of --n samples per cell (mean ± sd)")
-    ap.add_argument("--fit-steps", default="4,5,6", help="step counts for fitted UniPC grids ('' to skip)")
-    ap.add_argument("--fit-n", type=int, default=256, help="prior draws for each fit")
-    ap.add_argument("--fit-evals", type=int, default=None, help="sampler runs per fit (default: 150 per free time)")
-    ap.add_argument("--samplers", default=",".join(SAMPLERS), help="labels of the samplers to run, comma-separated")
-    ap.add_argument("--bpd-n", type=int, default=64, help="test images for bits/dim (0 to skip)")
-    ap.add_argument("--tols", default="1e-2,1e-3,1e-4,1e-5")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args()
-    unknown = [label for label in args.samplers.split(",") if label not in SAMPLERS]
-    if unknown:
-        ap.error(f"--samplers: unknown label(s) {unknown}; choose from {list(SAMPLERS)}")
-    if args.train:
-        train(Path(args.train).resolve(), args.train_overrides)
-    run = Path(args.run or args.train or "outputs/main")
-    model, sde, shape, centered = load(run)
-    model = model.to(args.device)
+def sampling_tables(model, sde, shape, centered, run: Path, args) -> tuple[dict, float]:
+    """The Fréchet-distance tables (samplers by step count, fitted grids); ``(curves, converged ODE's Fréchet)``."""
     steps_list = [int(s) for s in args.steps.split(",")]
 
     t0 = time.perf_counter()
     ode = get_sampler("ode", rtol=1e-5, atol=1e-5)
     k = args.seeds
     nfe_ode, fd_ode, sd_ode, conf_ode = quality(model, sde, shape, centered, ode, args.n, args.device, k)
-    real = digits_split()
     fd_real, sd_real = real_floor(args.n, k)
     print(f"\n### Digits samples vs NFE ({args.n} samples, {k} draws each; Fréchet distance² to the test split)\n")
     print(
@@ -164,27 +144,74 @@ def main() -> None:
         curves["unipc, fitted grid"] = pts
     print(f"\n(sampling table: {time.perf_counter() - t0:.0f} s)")
 
-    bpd_rows = []
-    if args.bpd_n:
-        print(f"\n### Bits/dim of the digits test split ({args.bpd_n} images, 17 levels, 1 dequantization, "
-              "Rademacher)\n")  # fmt: skip
-        print("| time variable | rtol = atol | bits/dim | ± s.e. | NFE per batch | wall (s) |")
-        print("|---|---|---|---|---|---|")
-        test = real.test_images[: args.bpd_n]
-        if shape[-1] != test.shape[-1]:
-            test = torch.nn.functional.interpolate(test, size=shape[-2:], mode="nearest")
-        data_range = (-1.0, 1.0) if centered else (0.0, 1.0)
-        for time_variable in ("angle", "t"):
-            for tol in (float(s) for s in args.tols.split(",")):
-                start = time.perf_counter()
-                r = dataset_bits_per_dim(sde, model, [test], bits=math.log2(17), data_range=data_range, repeats=1,
-                                         generator=torch.Generator().manual_seed(0), device=args.device, rtol=tol,
-                                         atol=tol, divergence="hutchinson_rademacher",
-                                         time_variable=time_variable)  # fmt: skip
-                wall = time.perf_counter() - start
-                bpd_rows.append((time_variable, tol, r.mean, r.stderr, r.nfe, wall))
-                print(f"| {time_variable} | {tol:g} | {r.mean:.4f} | {r.stderr:.4f} | {r.nfe} | {wall:.1f} |",
-                      flush=True)  # fmt: skip
+    return curves, fd_ode
+
+
+def bits_per_dim_table(model, sde, shape, centered, real, args) -> list[tuple]:
+    """Bits/dim of ``--bpd-n`` test images in the ``angle`` and ``t`` coordinates at each tolerance, with the mean
+    per-image error against a float64 solve in ``t`` at ``--bpd-ref-tol`` (the same dequantization and probes:
+    every call draws them from a generator seeded 0). Rows ``(variable, tol, bits/dim, s.e., error, NFE, wall)``."""
+    print(f"\n### Bits/dim of the digits test split ({args.bpd_n} images, 17 levels, 1 dequantization, "
+          "Rademacher)\n")  # fmt: skip
+    test = real.test_images[: args.bpd_n]
+    if shape[-1] != test.shape[-1]:
+        test = torch.nn.functional.interpolate(test, size=shape[-2:], mode="nearest")
+    data_range = (-1.0, 1.0) if centered else (0.0, 1.0)
+
+    def bpd(**options):
+        start = time.perf_counter()
+        r = dataset_bits_per_dim(sde, model, [test], bits=math.log2(17), data_range=data_range, repeats=1,
+                                 generator=torch.Generator().manual_seed(0), device=args.device,
+                                 divergence="hutchinson_rademacher", **options)  # fmt: skip
+        return r, time.perf_counter() - start
+
+    ref = None
+    if args.bpd_ref_tol:
+        ref, wall = bpd(rtol=args.bpd_ref_tol, atol=args.bpd_ref_tol, dtype=torch.float64, time_variable="t")
+        print(f"Reference: float64, t, rtol = atol = {args.bpd_ref_tol:g}: {ref.mean:.5f} at {ref.nfe} NFE "
+              f"({wall:.0f} s). Error: mean over images of |bits/dim - reference|.\n")  # fmt: skip
+    print("| time variable | rtol = atol | bits/dim | ± s.e. | error | NFE per batch | wall (s) |")
+    print("|---|---|---|---|---|---|---|")
+    rows = []
+    for time_variable in ("angle", "t"):
+        for tol in (float(s) for s in args.tols.split(",")):
+            r, wall = bpd(rtol=tol, atol=tol, time_variable=time_variable)
+            err = float((r.per_sample - ref.per_sample).abs().mean()) if ref is not None else float("nan")
+            rows.append((time_variable, tol, r.mean, r.stderr, err, r.nfe, wall))
+            print(f"| {time_variable} | {tol:g} | {r.mean:.4f} | {r.stderr:.4f} | {err:.1e} | {r.nfe} | {wall:.1f} |",
+                  flush=True)  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", default=None, help="run directory, checkpoint or ema.safetensors")
+    ap.add_argument("--train", default=None, help="train the main-job recipe into this directory first")
+    ap.add_argument("--train-overrides", default="", help="extra train.py overrides, e.g. 'loss.name=edm'")
+    ap.add_argument("--n", type=int, default=359, help="samples per point (the digits test split has 359)")
+    ap.add_argument("--steps", default="4,5,6,8,10,15,20,50")
+    ap.add_argument("--seeds", type=int, default=5, help="draws of --n samples per cell (mean ± sd)")
+    ap.add_argument("--fit-steps", default="4,5,6", help="step counts for fitted UniPC grids ('' to skip)")
+    ap.add_argument("--fit-n", type=int, default=256, help="prior draws for each fit")
+    ap.add_argument("--fit-evals", type=int, default=None, help="sampler runs per fit (default: 150 per free time)")
+    ap.add_argument("--samplers", default=",".join(SAMPLERS), help="labels of the samplers to run, comma-separated")
+    ap.add_argument("--bpd-n", type=int, default=64, help="test images for bits/dim (0 to skip)")
+    ap.add_argument("--tols", default="1e-2,1e-3,1e-4,1e-5")
+    ap.add_argument("--bpd-ref-tol", type=float, default=1e-7, help="tolerance of the float64 reference (0: none)")
+    ap.add_argument("--bpd-only", action="store_true", help="only the bits/dim table (no sampling)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    unknown = [label for label in args.samplers.split(",") if label not in SAMPLERS]
+    if unknown:
+        ap.error(f"--samplers: unknown label(s) {unknown}; choose from {list(SAMPLERS)}")
+    if args.train:
+        train(Path(args.train).resolve(), args.train_overrides)
+    run = Path(args.run or args.train or "outputs/main")
+    model, sde, shape, centered = load(run)
+    model = model.to(args.device)
+    real = digits_split()
+    curves, fd_ode = ({}, None) if args.bpd_only else sampling_tables(model, sde, shape, centered, run, args)
+    bpd_rows = bits_per_dim_table(model, sde, shape, centered, real, args) if args.bpd_n else []
 
     import matplotlib
 
@@ -194,19 +221,21 @@ def main() -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for label, pts in curves.items():
         a.loglog([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=label)
-    a.axhline(fd_ode, color="k", lw=0.5, ls="--", label="converged ODE")
-    a.axhline(1.3 * fd_ode, color="k", lw=0.5, ls=":", label="1.3x converged")
+    if fd_ode is not None:
+        a.axhline(fd_ode, color="k", lw=0.5, ls="--", label="converged ODE")
+        a.axhline(1.3 * fd_ode, color="k", lw=0.5, ls=":", label="1.3x converged")
     a.set(xlabel="NFE", ylabel="digits Fréchet distance²", title="trained digits model: quality vs NFE")
     a.legend(fontsize=6)
-    for tv in ("t", "lambda"):
+    for tv in ("angle", "t"):
         rows = [r for r in bpd_rows if r[0] == tv]
-        b.semilogx([r[4] for r in rows], [r[2] for r in rows], "o-", label=f"time variable {tv}")
-    b.set(xlabel="NFE", ylabel="bits/dim", title="bits/dim vs ODE tolerance")
+        b.loglog([r[5] for r in rows], [r[4] for r in rows], "o-", label=f"coordinates {tv}")
+    b.set(xlabel="NFE per batch", ylabel="mean |bits/dim - float64 reference|", title="bits/dim error vs NFE")
     b.legend(fontsize=7)
     fig.tight_layout()
     OUT.mkdir(parents=True, exist_ok=True)
-    fig.savefig(OUT / "digits_quality.png", dpi=110)
-    print(f"\nwrote {OUT / 'digits_quality.png'}")
+    name = "digits_bpd.png" if args.bpd_only else "digits_quality.png"
+    fig.savefig(OUT / name, dpi=110)
+    print(f"\nwrote {OUT / name}")
 
 
 if __name__ == "__main__":

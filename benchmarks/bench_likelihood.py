@@ -36,9 +36,9 @@ from scipy.integrate import solve_ivp
 
 from scoresde.data import random_mixture
 from scoresde.likelihood import ProbabilityFlowDivergence, draw_probe, log_likelihood
-from scoresde.sde import VESDE, VPSDE, CosineVPSDE, SubVPSDE
+from scoresde.sde import EDMSDE, VESDE, VPSDE, CosineVPSDE, SubVPSDE
 
-SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "vp_cosine": CosineVPSDE}
+SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "vp_cosine": CosineVPSDE, "edm": EDMSDE}
 EPS = 1e-5
 F64 = torch.float64
 
@@ -296,7 +296,7 @@ def main(argv=None):
         new = accuracy_rows(name, dim, args, device)
         rows += new
         speed[(name, dim)] = speedup_at_equal_accuracy(new)
-        hutch += [h for v in ("t", "angle") for h in hutchinson_rows(name, dim, args, device, v)]
+        hutch += [h for v in args.time_variables if v != "lambda" for h in hutchinson_rows(name, dim, args, device, v)]
     print_tables(rows, speed, hutch, args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

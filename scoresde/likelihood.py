@@ -85,19 +85,57 @@ def _unwrap(score_fn: ScoreFn) -> ScoreFn:
     return score_fn
 
 
+#: Solver options whose values are times: they are in the units of the ODE's variable (``time_variable``).
+TIME_OPTIONS = ("step_size", "first_step", "step_t", "jump_t", "grid_constructor")
+_MARGINAL = ("marginal_alpha", "marginal_std", "marginal_lambda", "inverse_lambda")
+
+
+def _has_gaussian_marginal(sde) -> bool:
+    return all(hasattr(sde, name) for name in _MARGINAL)
+
+
+def default_time_variable(sde, options: dict | None = None) -> str:
+    """``angle`` for an SDE with a Gaussian marginal ``x_t = alpha x_0 + sigma z``, else ``t``. Time-valued solver
+    options (:data:`TIME_OPTIONS`) with the ``angle`` default are refused: their unit is the ODE's variable, which
+    the caller must then name (``t`` was the default before, so a value meant for ``t`` would silently change)."""
+    if not _has_gaussian_marginal(sde):
+        return "t"
+    named = sorted(k for k, v in (options or {}).items() if k in TIME_OPTIONS and v is not None)
+    if named:
+        raise ValueError(f"options {named} are values of the ODE's time variable: pass time_variable='t' (the SDE's "
+                         "time) or time_variable='angle' with them")  # fmt: skip
+    return "angle"
+
+
+def _positive_number(name: str, value) -> float:
+    if isinstance(value, (bool, str, bytes)):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}") from err
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return number
+
+
 class Coordinates:
     """The likelihood ODE's independent variable ``tau(t)`` and state ``y = x / k(t)`` (module docstring).
 
-    ``tau`` and ``time`` map float64 times both ways; ``field`` is ``dy / d tau`` at a time ``t`` in ``[eps, T]``
-    given the state in the model's dtype, calling ``score`` once.
+    ``tau`` and ``time`` map float64 times both ways. For an SDE with a linear drift the field is
+    ``dy / d tau = a y + b s(k y, t)`` with the numbers ``(a, b, k)`` of :meth:`coefficients`.
     """
 
     def __init__(self, sde, name: str = "angle", sigma_data: float = 1.0):
         if name not in TIME_VARIABLES:
             raise ValueError(f"unknown time_variable '{name}'; choose one of {', '.join(TIME_VARIABLES)}")
-        if not (isinstance(sigma_data, (int, float)) and math.isfinite(sigma_data) and sigma_data > 0):
-            raise ValueError(f"sigma_data must be a finite number > 0, got {sigma_data!r}")
-        self.sde, self.name, self.c = sde, name, float(sigma_data)
+        self.c = _positive_number("sigma_data", sigma_data)
+        if name != "t" and not _has_gaussian_marginal(sde):
+            raise ValueError(f"time_variable '{name}' needs an SDE with a Gaussian marginal ({', '.join(_MARGINAL)}); "
+                             f"{type(sde).__name__} has none: use time_variable='t'")  # fmt: skip
+        self.sde, self.name = sde, name
+        #: whether the field is ``a y + b s(k y)``: always for angle / lambda, for t where the drift is ``f(t) x``
+        self.linear = name != "t" or (hasattr(sde, "drift_coef") and hasattr(sde, "diffusion_sq"))
 
     def tau(self, t: torch.Tensor) -> torch.Tensor:
         if self.name == "lambda":
@@ -119,14 +157,17 @@ class Coordinates:
         alpha = self.sde.marginal_alpha(t)
         return alpha if self.name == "lambda" else torch.sqrt((alpha * self.c) ** 2 + self.sde.marginal_std(t) ** 2)
 
-    def field(self, score: ScoreFn, drift_fn, y: torch.Tensor, t: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+    def coefficients(self, t: torch.Tensor) -> tuple[float, float, float]:
+        """``(a, b, k)`` of ``dy / d tau = a y + b s(k y, t)`` at the 0-d float64 time ``t``: ``(f, -g^2 / 2, 1)``
+        (Song et al. 2021, Eq. 13), ``(0, sigma^2 / alpha, alpha)`` or ``(-r, -r m, m)`` with ``r = tan(theta)``."""
+        t1 = t.reshape(1)
         if self.name == "t":
-            return drift_fn(y, tt)[0]
-        alpha, sigma = float(self.sde.marginal_alpha(t)), float(self.sde.marginal_std(t))
+            return float(self.sde.drift_coef(t1)), -0.5 * float(self.sde.diffusion_sq(t1)), 1.0
+        alpha, sigma = float(self.sde.marginal_alpha(t1)), float(self.sde.marginal_std(t1))
         if self.name == "lambda":
-            return (sigma**2 / alpha) * score(alpha * y, tt)
-        m = math.sqrt((alpha * self.c) ** 2 + sigma**2)
-        return (-sigma / (alpha * self.c)) * (y + m * score(m * y, tt))
+            return 0.0, sigma**2 / alpha, alpha
+        r, m = sigma / (alpha * self.c), math.sqrt((alpha * self.c) ** 2 + sigma**2)
+        return -r, -r * m, m
 
 
 class ProbabilityFlowDivergence:
@@ -180,7 +221,12 @@ class ProbabilityFlowDivergence:
         return self.evaluate(t, state[0])
 
     def evaluate(self, tau: torch.Tensor | float, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(dy / d tau, div_y)`` at ``tau`` (its time ``t`` clamped to ``[eps, T]``) and flat ``y`` ``(B, D)``."""
+        """``(dy / d tau, div_y)`` at ``tau`` (its time ``t`` clamped to ``[eps, T]``) and flat ``y`` ``(B, D)``.
+
+        The divergence is the whole field's (exact, or Hutchinson with the probe in ``y``'s space): in ``angle``
+        coordinates its Jacobian ``-tan(theta) (I + m^2 ds/dx)`` is near zero where the data look Gaussian, which is
+        what keeps a Gaussian probe's spread small there (estimating only the score's part measured 3-4x the
+        spread on the VP and VE mixtures)."""
         if not isinstance(tau, torch.Tensor):
             tau = torch.tensor(float(tau), dtype=torch.float64)  # a SciPy float: keep its precision
         if self.time_variable != "t":
@@ -189,13 +235,21 @@ class ProbabilityFlowDivergence:
         with torch.enable_grad():
             state = y.detach().to(self.model_dtype).reshape(self.shape).requires_grad_(True)
             tt = t.to(device=state.device, dtype=self.model_dtype).expand(self.shape[0])
-            drift = self.coords.field(self.score, self.drift_fn, state, t, tt)
-            if self.divergence == "exact":
-                div = self._exact_divergence(drift, state)
+            if self.coords.linear:
+                a, b, k = self.coords.coefficients(t.detach().to(torch.float64))
+                score = self.score(state if k == 1 else k * state, tt)
+                drift = torch.add(state * a, score, alpha=b) if a != 0 else score * b
             else:
-                (vjp,) = torch.autograd.grad(drift, state, grad_outputs=self.probe)
-                div = sum_except_batch(vjp * self.probe)
+                drift, _ = self.drift_fn(state, tt)
+            div = self._divergence(drift, state)
         return drift.detach().reshape(y.shape).to(y.dtype), div.detach().to(y.dtype)
+
+    def _divergence(self, f: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """``div_y f`` per sample: exact, or ``v^T (df/dy) v`` with the probe ``v``."""
+        if self.divergence == "exact":
+            return self._exact_divergence(f, state)
+        (vjp,) = torch.autograd.grad(f, state, grad_outputs=self.probe)
+        return sum_except_batch(vjp * self.probe)
 
     def _exact_divergence(self, drift: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``sum_i d f_i / d x_i`` by vector-Jacobian products with the unit vectors, ``exact_chunk`` at a time."""
@@ -252,6 +306,16 @@ def _check_likelihood_inputs(sde, x: torch.Tensor, eps: float, method: str, opti
         raise ValueError(f"unknown time_variable '{time_variable}'; choose one of {', '.join(TIME_VARIABLES)}")
 
 
+def _check_angle_resolution(coords: Coordinates, theta_end: float, dtype: torch.dtype) -> None:
+    """torchdiffeq hands the field its time in the state's dtype; ``tan`` near ``pi / 2`` then loses the end of the
+    solve when ``theta(T)`` is within a few steps of that dtype from ``pi / 2`` (``sigma / (alpha c)`` ~ 1e6 in float32:
+    an error of ~1e-2 nats at 5e6, measured)."""
+    if coords.name == "angle" and math.pi / 2 - theta_end <= 8 * torch.finfo(dtype).eps:
+        raise ValueError(f"sigma_data={coords.c:g} puts the angle at T within 8 {dtype} steps of pi/2 (sigma / (alpha "
+                         f"sigma_data) = {math.tan(theta_end):.3g}); use a larger sigma_data, dtype=torch.float64 or "
+                         "time_variable='t'")  # fmt: skip
+
+
 def log_likelihood(
     sde,
     score_fn: ScoreFn,
@@ -265,45 +329,53 @@ def log_likelihood(
     dtype: torch.dtype | None = None,
     options: dict | None = None,
     exact_chunk: int | None = None,
-    time_variable: str = "angle",
+    time_variable: str | None = None,
     sigma_data: float = 1.0,
 ) -> LikelihoodResult:
     """Log-likelihood ``log p_eps(x)`` in nats under the probability-flow ODE (Song et al. 2021, Eq. 13, App. D.2).
 
-    Integrates ``(x, int div f~)`` from ``eps`` to ``T`` with ``torchdiffeq.odeint`` on ``x``'s device, then
-    ``logp = sde.prior_logp(z) + delta_logp``.
+    Integrates the ODE's state ``y = x / k(t)`` and ``int div_y`` from ``eps`` to ``T`` in the coordinates of
+    ``time_variable`` with ``torchdiffeq.odeint`` on ``x``'s device, then ``logp = sde.prior_logp(z) + delta_logp``
+    with ``delta_logp = int div_y + D log(k(T) / k(eps))``.
 
     Args:
-        sde: the forward SDE; its ``reverse(score_fn, probability_flow=True)`` gives the ODE drift.
+        sde: the forward SDE (its schedule, or for a drift that is not linear, its ``reverse(score_fn,
+            probability_flow=True)``, gives the field).
         score_fn: ``(x, t) -> grad log p_t(x)``; a network, possibly wrapped in DDP (its ``.module`` is used).
         x: data ``(B, ...)`` at time ``eps`` (dequantized and scaled for images: see :func:`uniform_dequantize`).
         eps: start time; the result is the density of the model's ``p_eps``, not of ``p_0``.
-        rtol, atol: tolerances of adaptive methods (on both ``x`` and the divergence integral).
+        rtol, atol: tolerances of adaptive methods (on both the state and the divergence integral).
         method: any torchdiffeq method; fixed-grid ones (``rk4``, ...) need ``options={"step_size": h}``.
         divergence: ``hutchinson_gaussian``, ``hutchinson_rademacher`` (one probe per sample, drawn once per
             call from ``generator``) or ``exact`` (``D`` vector-Jacobian products per step; small ``D``).
         generator: ``torch.Generator`` or one per sample, for the probe.
         dtype: solver dtype (e.g. ``torch.float64``); the score function is still called in ``x.dtype``, so a
             float32 network can be integrated in float64 as the reference's SciPy path does. Default ``x.dtype``.
-        options: passed to ``torchdiffeq.odeint`` (e.g. ``step_size``, ``first_step``). Adaptive RK methods
-            get ``step_t=[T]`` (end exactly at ``T`` rather than interpolate) unless ``options`` sets it.
+        options: passed to ``torchdiffeq.odeint`` (e.g. ``step_size``, ``first_step``), in units of the ODE's
+            variable, so time-valued ones (:data:`TIME_OPTIONS`) need an explicit ``time_variable``. Adaptive RK
+            methods get ``step_t=[tau(T)]`` (end exactly at ``T`` rather than interpolate) unless ``options`` sets it.
         exact_chunk: dimensions per batched vector-Jacobian product for ``exact`` (default: memory-bounded).
-        time_variable: the ODE's coordinates (module docstring): ``angle`` (default; ``theta = atan(sigma / (alpha
+        time_variable: the ODE's coordinates (module docstring): ``angle`` (``theta = atan(sigma / (alpha
             sigma_data))``, state ``x / sqrt(alpha^2 sigma_data^2 + sigma^2)``), ``t`` (the SDE's time, state ``x``)
-            or ``lambda`` (``log(alpha / sigma)``, state ``x / alpha``). Fixed-grid step sizes are in that variable.
-        sigma_data: the data std ``c`` that ``angle`` takes as its Gaussian reference (any value > 0 gives the same
-            answer up to solver error; near the data's std the solve is cheapest). Unused by ``t`` and ``lambda``.
+            or ``lambda`` (``log(alpha / sigma)``, state ``x / alpha``). Default (``None``): ``angle`` where the SDE
+            has a Gaussian marginal, else ``t`` (:func:`default_time_variable`).
+        sigma_data: the data std ``c`` that ``angle`` takes as its Gaussian reference: with the exact or the
+            Rademacher divergence any value > 0 gives the same answer up to solver error; a Gaussian probe gives an
+            unbiased estimate for every value, with the least spread near the data's std. Near it the solve is
+            cheapest too. Unused by ``t`` and ``lambda``.
     """
+    time_variable = time_variable if time_variable is not None else default_time_variable(sde, options)
     _check_likelihood_inputs(sde, x, eps, method, options, time_variable)
     coords = Coordinates(sde, time_variable, sigma_data)
     solver_dtype = dtype or x.dtype
     ends = torch.tensor([eps, sde.T], dtype=torch.float64)
     scale, span = coords.scale(ends), coords.tau(ends)  # the state is x / scale, between these values of tau
+    _check_angle_resolution(coords, float(span[1]), solver_dtype)
     if method in ADAPTIVE:
         options = {"step_t": span[1:].to(solver_dtype), **(options or {})}
     probe = draw_probe(divergence, x.shape, generator, device=x.device, dtype=x.dtype)
     field = ProbabilityFlowDivergence(sde, _unwrap(score_fn), x.shape, eps, divergence, x.dtype, probe, exact_chunk,
-                                      time_variable, sigma_data)  # fmt: skip
+                                      time_variable, coords.c)  # fmt: skip
     y0 = x.detach().reshape(x.shape[0], -1).to(solver_dtype) / float(scale[0])
     state0 = (y0, torch.zeros(x.shape[0], dtype=solver_dtype, device=x.device))
     times = span.to(dtype=solver_dtype, device=x.device)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
 import pytest
 import torch
 import torchdiffeq
@@ -138,24 +139,32 @@ def test_sigma_data_changes_the_cost_not_the_answer():
     for c in (0.2, 1.0, 5.0):
         res = log_likelihood(sde, mix.score_fn(sde), x, sigma_data=c, **kw)
         torch.testing.assert_close(res.logp, ref, rtol=0, atol=1e-5)
+    # Rademacher probes have |v|^2 = D, so the Hutchinson estimate is the same for every sigma_data too (a Gaussian
+    # probe's is unbiased for each, with its own noise: it sees the identity part of the field's Jacobian).
+    kw = dict(eps=EPS, rtol=1e-8, atol=1e-8, divergence="hutchinson_rademacher")
+    est = [log_likelihood(sde, mix.score_fn(sde), x, sigma_data=c, generator=_gen(4), **kw).logp for c in (0.2, 5.0)]
+    torch.testing.assert_close(est[0], est[1], rtol=0, atol=1e-5)
     calls = []
-    for bad in (0.0, -1.0, float("nan"), float("inf"), "1"):
+    for bad in (0.0, -1.0, float("nan"), float("inf"), "1", True, torch.ones(2)):
         with pytest.raises(ValueError, match="sigma_data"):
             log_likelihood(sde, lambda x, t: calls.append(1) or mix.score(x, t, sde), x, sigma_data=bad)
     assert not calls
+    for good in (np.float32(0.5), torch.tensor(0.5)):  # any real number
+        log_likelihood(sde, mix.score_fn(sde), x, sigma_data=good, rtol=1e-2, atol=1e-2, divergence="exact")
 
 
 def test_angle_takes_fewer_evaluations_than_t_at_equal_accuracy():
     """The reason ``angle`` is the default (benchmarks/bench_likelihood.py): on VE (16-D mixture, 32 points,
     exact divergence) dopri5 in ``angle`` at rtol = atol = 1e-5 has at most the error of dopri5 in ``t`` at
-    the same tolerance with under 0.6x its NFE (measured 1.0e-4 nats / 68 vs 2.5e-4 / 134)."""
+    the same tolerance with at most 0.7x its NFE (the issue's target; measured 1.0e-4 nats / 68 vs 2.5e-4 / 134,
+    0.51x)."""
     sde = VESDE()
     mix = random_mixture(16, n_components=4, seed=16)
     x = mix.sample(32, _gen(0))
     kw = dict(eps=EPS, rtol=1e-5, atol=1e-5, divergence="exact")
     t, angle = (log_likelihood(sde, mix.score_fn(sde), x, time_variable=v, **kw) for v in ("t", "angle"))
     err_t, err_angle = ((r.logp - _exact_logp(mix, sde, x, r.z)).abs().mean() for r in (t, angle))
-    assert err_angle <= err_t and angle.nfe <= 0.6 * t.nfe, (err_angle, angle.nfe, err_t, t.nfe)
+    assert err_angle <= err_t and angle.nfe <= 0.7 * t.nfe, (err_angle, angle.nfe, err_t, t.nfe)
 
 
 def test_angle_clamps_its_variable_to_the_solve_range():
@@ -170,6 +179,66 @@ def test_angle_clamps_its_variable_to_the_solve_range():
         a, b = field.evaluate(torch.tensor(outside, dtype=F64), x), field.evaluate(torch.tensor(edge, dtype=F64), x)
         assert torch.isfinite(a[0]).all()
         torch.testing.assert_close(a, b)
+
+
+def test_time_valued_options_need_an_explicit_time_variable():
+    """``step_size`` / ``first_step`` / ``step_t`` / ... are values of the ODE's variable: with the default (angle,
+    formerly t) they would silently change meaning, so they are refused unless ``time_variable`` is named."""
+    sde = VESDE()
+    mix = random_mixture(2, 2, seed=0)
+    x = mix.sample(4, _gen(0))
+    for options in ({"step_size": 0.01}, {"first_step": 1e-3}, {"step_t": torch.tensor([0.5])}):
+        method = "rk4" if "step_size" in options else "dopri5"
+        with pytest.raises(ValueError, match="time_variable"):
+            log_likelihood(sde, mix.score_fn(sde), x, method=method, options=options, divergence="exact")
+        log_likelihood(sde, mix.score_fn(sde), x, method=method, options=options, divergence="exact",
+                       time_variable="t", rtol=1e-3, atol=1e-3)  # fmt: skip
+    log_likelihood(sde, mix.score_fn(sde), x, options={"step_t": None}, rtol=1e-3, atol=1e-3)  # no time value
+
+
+class _OpaqueSDE:
+    """An SDE seen only through the generic interface (reverse drift, T, prior): no Gaussian marginal to use."""
+
+    def __init__(self, sde):
+        self._sde, self.T = sde, sde.T
+
+    def reverse(self, score_fn, probability_flow=False):
+        return self._sde.reverse(score_fn, probability_flow=probability_flow)
+
+    def prior_logp(self, z):
+        return self._sde.prior_logp(z)
+
+
+def test_an_sde_without_gaussian_marginal_defaults_to_t():
+    """The default coordinates need ``alpha``, ``sigma`` and ``lambda``'s inverse; an SDE without them is integrated
+    in its own time with its reverse drift (same density as its linear twin), and asking it for ``angle`` is
+    refused by name."""
+    sde = VPSDE()
+    mix = random_mixture(16, n_components=3, seed=16)
+    x = mix.sample(8, _gen(0))
+    kw = dict(eps=EPS, rtol=1e-7, atol=1e-7, divergence="exact")
+    opaque = log_likelihood(_OpaqueSDE(sde), mix.score_fn(sde), x, **kw)
+    torch.testing.assert_close(opaque.logp, _exact_logp(mix, sde, x, opaque.z), rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="time_variable='t'"):
+        log_likelihood(_OpaqueSDE(sde), mix.score_fn(sde), x, time_variable="angle", **kw)
+
+
+@pytest.mark.parametrize("name", ["vp", "ve"])
+def test_angle_in_float32(name):
+    """A float32 solve in ``angle`` (the time reaches the field in float32) matches the exact mixture density to
+    what float32 allows (rtol = atol = 1e-5, 16-D, 8 points: measured ~1e-5 nats); a ``sigma_data`` that puts
+    theta(T) within a few float32 steps of pi/2 is refused before any work, and allowed in float64."""
+    sde = SDES[name]()
+    mix = random_mixture(16, n_components=3, seed=16)
+    x = mix.sample(8, _gen(0)).float()
+    res = log_likelihood(sde, mix.score_fn(sde), x, rtol=1e-5, atol=1e-5, divergence="exact")
+    assert res.logp.dtype == torch.float32
+    assert (res.logp.double() - _exact_logp(mix, sde, x.double(), res.z.double())).abs().mean() < 1e-3
+    calls = []
+    with pytest.raises(ValueError, match="sigma_data"):
+        log_likelihood(sde, lambda x, t: calls.append(1) or mix.score(x, t, sde), x, sigma_data=1e-8)
+    assert not calls
+    log_likelihood(sde, mix.score_fn(sde), x[:2], sigma_data=1e-8, dtype=F64, rtol=1e-2, atol=1e-2)
 
 
 def test_image_shaped_input_equals_flat():

@@ -395,3 +395,12 @@ def test_norm_ratio_as_number_equals_the_tensor_form():
     zero = torch.zeros_like(g)
     assert norm_ratio(z, zero, as_number=True) == pytest.approx(float(norm_ratio(z, zero, as_number=False)), rel=1e-12)
     assert math.isfinite(norm_ratio(z, zero, as_number=True))
+    # 1-D states (B,): per-sample norms are |x_b| in both forms, and a PC run on such a state works
+    z1, g1 = z.flatten()[:6], g.flatten()[:6]
+    expected = z1.abs().mean() / g1.abs().mean()
+    for as_number in (True, False):
+        assert float(norm_ratio(z1, g1, as_number=as_number)) == pytest.approx(float(expected), rel=1e-14)
+    out = get_sampler("pc", steps=3, corrector="langevin", predictor="reverse_diffusion", denoise=False)(
+        SDE_FACTORIES["ve"](), lambda x, t: -x, (5,), torch.Generator().manual_seed(0)
+    )
+    assert out.samples.shape == (5,) and torch.isfinite(out.samples).all()

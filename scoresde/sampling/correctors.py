@@ -23,19 +23,21 @@ Corrector = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 def _mean_norm(v: torch.Tensor) -> torch.Tensor:
     """The per-sample norm of ``v``, averaged over the batch (a 0-d tensor; one norm over every axis but the first)."""
-    return torch.linalg.vector_norm(v, dim=tuple(range(1, v.ndim))).mean()
+    return torch.linalg.vector_norm(v.reshape(len(v), -1), dim=1).mean()
 
 
 def norm_ratio(noise: torch.Tensor, grad: torch.Tensor, as_number: bool | None = None) -> float | torch.Tensor:
-    """``mean_b ||noise_b|| / mean_b ||grad_b||`` (the denominator clamped away from 0).
+    """``mean_b ||noise_b|| / mean_b ||grad_b||`` (the denominator clamped away from 0), for any ``(B, ...)`` shape.
 
-    ``as_number`` (default: on the CPU) computes both norms in one reduction of the stacked pair and reads the
-    two sums out as numbers, 3 tensor operations instead of 6 (reading a CPU tensor costs no synchronization);
-    otherwise a 0-d tensor, which keeps an accelerator's queue free of a host read. Equal to round-off (tested).
+    ``as_number`` (default: on the CPU) reads the two sums of per-sample norms out as numbers, so the step's updates
+    take numbers (2 tensor operations fewer per step; reading a CPU tensor costs no synchronization); otherwise a
+    0-d tensor, which keeps an accelerator's queue free of a host read. Equal to round-off (tested).
     """
     if as_number if as_number is not None else noise.device.type == "cpu":
-        sums = torch.linalg.vector_norm(torch.stack((noise, grad)).flatten(2), dim=2).sum(1).tolist()
-        return sums[0] / max(sums[1], 1e-30 * len(noise))
+        b = len(noise)
+        num = float(torch.linalg.vector_norm(noise.reshape(b, -1), dim=1).sum())
+        den = float(torch.linalg.vector_norm(grad.reshape(b, -1), dim=1).sum())
+        return num / max(den, 1e-30 * b)
     return _mean_norm(noise).div_(_mean_norm(grad).clamp_min_(1e-30))
 
 
