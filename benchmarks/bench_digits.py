@@ -225,7 +225,8 @@ def main() -> None:
         a.axhline(fd_ode, color="k", lw=0.5, ls="--", label="converged ODE")
         a.axhline(1.3 * fd_ode, color="k", lw=0.5, ls=":", label="1.3x converged")
     a.set(xlabel="NFE", ylabel="digits Fréchet distance²", title="trained digits model: quality vs NFE")
-    a.legend(fontsize=6)
+    if curves:
+        a.legend(fontsize=6)
     for tv in ("angle", "t"):
         rows = [r for r in bpd_rows if r[0] == tv]
         b.loglog([r[5] for r in rows], [r[4] for r in rows], "o-", label=f"coordinates {tv}")
