@@ -21,9 +21,9 @@ from scoresde.utils import Generator, batch_broadcast, randn
 Corrector = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
-def _mean_norm(v: torch.Tensor) -> torch.Tensor:
-    """The per-sample norm of ``v``, averaged over the batch (a 0-d tensor; one norm over every axis but the first)."""
-    return torch.linalg.vector_norm(v.reshape(len(v), -1), dim=1).mean()
+def _sample_norms(v: torch.Tensor) -> torch.Tensor:
+    """The per-sample norms ``(B,)`` of ``v`` (one norm over every axis but the first)."""
+    return torch.linalg.vector_norm(v.reshape(len(v), -1), dim=1)
 
 
 def norm_ratio(noise: torch.Tensor, grad: torch.Tensor, as_number: bool | None = None) -> float | torch.Tensor:
@@ -34,11 +34,9 @@ def norm_ratio(noise: torch.Tensor, grad: torch.Tensor, as_number: bool | None =
     0-d tensor, which keeps an accelerator's queue free of a host read. Equal to round-off (tested).
     """
     if as_number if as_number is not None else noise.device.type == "cpu":
-        b = len(noise)
-        num = float(torch.linalg.vector_norm(noise.reshape(b, -1), dim=1).sum())
-        den = float(torch.linalg.vector_norm(grad.reshape(b, -1), dim=1).sum())
-        return num / max(den, 1e-30 * b)
-    return _mean_norm(noise).div_(_mean_norm(grad).clamp_min_(1e-30))
+        num, den = float(_sample_norms(noise).sum()), float(_sample_norms(grad).sum())
+        return num / max(den, 1e-30 * len(noise))
+    return _sample_norms(noise).mean().div_(_sample_norms(grad).mean().clamp_min_(1e-30))
 
 
 def _langevin_steps(

@@ -88,7 +88,8 @@ class LinearSteps:
 
 
 #: A model output as ``(factor, tensor)``, standing for ``factor * tensor``: ``(q, own)`` where the view is a rescaling
-#: of the model's own output (a score model's ``eps_hat = -sigma score``), else ``(1, view)``.
+#: of the model's own output (a score model's ``eps_hat = -sigma score``), ``(p, x + (q / p) own)`` where it also has
+#: an ``x`` term (a score model's ``x0_hat``), ``(1, view)`` for per-sample coefficients (:func:`model_output`).
 Output = tuple[float, torch.Tensor]
 
 
