@@ -113,20 +113,26 @@ def test_callback_sees_every_step(name):
         torch.testing.assert_close(seen[2]["denoised"], mix.denoiser(seen[2]["x"], t, sde), rtol=1e-4, atol=1e-4)
 
 
+def single_output_case(offered: str):
+    """A VP mixture model offering only ``offered`` as views, a batch ``x`` at ``t = 0.3``, that time's ``alpha``,
+    ``sigma`` and the exact value of every view there."""
+    mix, sde = eight_gaussians_mixture(), VPSDE()
+    model = mix.score_fn(sde) if offered == "score" else ViewsOnly(mix, sde, views=(offered,))
+    x = torch.randn(8, 2, dtype=F64, generator=torch.Generator().manual_seed(3))
+    t = torch.full((8,), 0.3, dtype=F64)
+    alpha, sigma = float(sde.marginal_alpha(t[:1])), float(sde.marginal_std(t[:1]))
+    score = mix.score(x, t, sde)
+    exact = {"score": score, "eps": -sigma * score, "x0": mix.denoiser(x, t, sde)}
+    return ModelViews(model, sde), x, t, alpha, sigma, exact
+
+
 @pytest.mark.parametrize("offered", ["score", "x0_hat", "eps_hat"])
 def test_linear_form_of_every_view(offered):
     """``ModelViews.linear(view, ...) = (p, q, own)`` with ``view = p x + q own``: for a model offering one output,
     each view rebuilt from the linear form equals its analytic value (the mixture's score, ``-sigma score``, the
     posterior mean) to float64 round-off, with float or per-sample ``alpha``, ``sigma``; ``p = 0``, ``q = 1`` where
     the model has the view; one NFE per call."""
-    mix, sde = eight_gaussians_mixture(), VPSDE()
-    model = mix.score_fn(sde) if offered == "score" else ViewsOnly(mix, sde, views=(offered,))
-    views = ModelViews(model, sde)
-    x = torch.randn(8, 2, dtype=F64, generator=torch.Generator().manual_seed(3))
-    t = torch.full((8,), 0.3, dtype=F64)
-    alpha, sigma = float(sde.marginal_alpha(t[:1])), float(sde.marginal_std(t[:1]))
-    score = mix.score(x, t, sde)
-    exact = {"score": score, "eps": -sigma * score, "x0": mix.denoiser(x, t, sde)}
+    views, x, t, alpha, sigma, exact = single_output_case(offered)
     native = {"score": "score", "x0_hat": "x0", "eps_hat": "eps"}[offered]
     for view, value in exact.items():
         for scales in ((alpha, sigma), (None, None)):  # given as floats, or computed from the SDE as (B, 1)
@@ -190,3 +196,58 @@ def test_add_noise_keeps_the_gradient_and_the_layout():
     img = torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last)
     noisy = add_noise(img, 0.5, torch.Generator().manual_seed(7))
     assert noisy.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("offered", ["score", "x0_hat", "eps_hat"])
+def test_fold_rewrites_a_step_in_the_model_output(offered):
+    """``ModelViews.fold(view, a, b, alpha, sigma) = (a', b')`` with ``a x + b view(x, t) = a' x + b' own(x, t)``
+    (``own = ModelViews.own(view)``, uncounted): every view from every single-output model, to float64 round-off."""
+    views, x, t, alpha, sigma, exact = single_output_case(offered)
+    a, b = 0.7, -1.9
+    for view, value in exact.items():
+        a2, b2 = views.fold(view, a, b, alpha, sigma)
+        torch.testing.assert_close(a2 * x + b2 * views.own(view)(x, t), a * x + b * value, rtol=1e-12, atol=1e-12)
+    assert views.nfe == 0
+
+
+@pytest.mark.parametrize("offered", ["score", "x0_hat"])
+@pytest.mark.parametrize("predictor", ["euler_maruyama", "reverse_diffusion", "ancestral"])
+def test_pc_loop_chains_the_single_step_predictors(predictor, offered):
+    """The PC loop's steps (coefficients folded into the model's own output once per grid, the draw by
+    ``noise_adder``) equal the public one-step predictors (``scoresde.sampling.predictors``, schedule as tensors)
+    chained over the same grid with the same generator: float64 round-off, the same NFE, the generator left in the
+    same state. VE and VP; a score model and a model offering only ``x0_hat``."""
+    from scoresde.sampling import predictors
+
+    mix = eight_gaussians_mixture()
+    for sde in (VPSDE(), VESDE(sigma_max=10.0)):
+        model = mix.score_fn(sde) if offered == "score" else ViewsOnly(mix, sde, views=(offered,))
+        sampler = get_sampler(predictor, steps=6, denoise=False)
+        x = sde.prior_sampling((16, 2), torch.Generator().manual_seed(0), dtype=F64)
+        g_loop, g_steps = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+        res = sampler(sde, model, x.shape, generator=g_loop, x_init=x)
+        views, y = ModelViews(model, sde), x
+        for t, s in zip(sampler.time_grid(sde)[:-1], sampler.time_grid(sde)[1:], strict=True):
+            tt, ss = torch.full((16,), float(t), dtype=F64), torch.full((16,), float(s), dtype=F64)
+            y, _ = getattr(predictors, predictor)(sde, views, y, tt, ss, g_steps)
+        torch.testing.assert_close(res.samples, y, rtol=1e-10, atol=1e-10)
+        assert res.nfe == views.nfe == 6
+        assert torch.equal(torch.randn(3, generator=g_loop), torch.randn(3, generator=g_steps))
+
+
+def test_noise_adder_is_add_noise():
+    """``noise_adder(x, g)`` (the loops' draw, its checks made once) gives ``add_noise``'s values and leaves the
+    generator in the same state, on the fast path (CPU, no gradient) and where a gradient flows through ``x``."""
+    from scoresde.sampling.base import add_noise, noise_adder
+
+    x = torch.randn(64, 3, dtype=F64, generator=torch.Generator().manual_seed(1))
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+            add = noise_adder(x, g1)
+            for std in (0.3, 1e-3, 2.0):
+                assert torch.equal(add(x, std), add_noise(x, std, g2))
+            assert torch.equal(torch.randn(3, generator=g1), torch.randn(3, generator=g2))
+    xg = x.clone().requires_grad_()
+    noise_adder(xg, torch.Generator().manual_seed(7))(xg, 0.5).sum().backward()
+    assert torch.equal(xg.grad, torch.ones_like(x))

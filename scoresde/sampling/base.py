@@ -112,6 +112,24 @@ def add_noise(x: torch.Tensor, std: float | torch.Tensor, generator: Generator) 
     return add_scaled(x, std, randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
 
 
+def noise_adder(x: torch.Tensor, generator: Generator) -> Callable[[torch.Tensor, float], torch.Tensor]:
+    """:func:`add_noise` for a loop over states like ``x`` with number stds: its checks of the device, the generator
+    and the gradient made once (they hold for the whole loop), only the layout checked per step."""
+    if (
+        x.device.type == "cpu"
+        and not torch.is_grad_enabled()
+        and (generator is None or (isinstance(generator, torch.Generator) and generator.device.type == "cpu"))
+    ):
+
+        def add(x_mean: torch.Tensor, std: float) -> torch.Tensor:
+            if x_mean.is_contiguous() and std >= 0:
+                return torch.normal(x_mean, std, generator=generator)
+            return add_noise(x_mean, std, generator)
+
+        return add
+    return lambda x_mean, std: add_noise(x_mean, std, generator)
+
+
 def x0_from_eps(x: torch.Tensor, eps_hat: torch.Tensor, alpha: Scale, sigma: Scale) -> torch.Tensor:
     """Tweedie's data prediction from the noise prediction: ``x0_hat = (x - sigma eps_hat) / alpha``."""
     return scaled_sum(1 / alpha, x, -sigma / alpha, eps_hat)
@@ -177,6 +195,21 @@ class ModelViews:
             return 0.0, 1.0, fn(x, t)
         alpha, sigma = self._scales(x, t, alpha, sigma)
         return (*_CONVERSIONS[view, native](alpha, sigma), fn(x, t))
+
+    def own(self, view: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The model's own function that ``view`` is computed from, uncounted: for a loop that folds the conversion
+        into its step coefficients once per grid (:meth:`fold`), calls it with ``(B,)`` times and counts each call
+        in :attr:`nfe` itself."""
+        return self._route[view][1]
+
+    def fold(self, view: str, a: Scale, b: Scale, alpha: Scale, sigma: Scale) -> tuple[Scale, Scale]:
+        """``(a', b')`` with ``a x + b view(x, t) = a' x + b' own(x, t)`` (``own`` the function :meth:`own` gives)
+        where the marginal at ``t`` has ``alpha``, ``sigma``: ``(a, b)`` where the model has the view."""
+        native = self._route[view][0]
+        if native == view:
+            return a, b
+        p, q = _CONVERSIONS[view, native](alpha, sigma)
+        return a + b * p, b * q
 
     def view(self, view: str, x: torch.Tensor, t: float | torch.Tensor, alpha: Scale = None, sigma: Scale = None):
         """The model's ``view`` (``"score"``, ``"eps"`` or ``"x0"``) at ``(x, t)``: its own output, converted when

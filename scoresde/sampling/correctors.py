@@ -22,8 +22,8 @@ Corrector = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 def _sample_norms(v: torch.Tensor) -> torch.Tensor:
-    """The per-sample norms ``(B,)`` of ``v`` (one norm over every axis but the first)."""
-    return torch.linalg.vector_norm(v.reshape(len(v), -1), dim=1)
+    """The per-sample norms ``(B,)`` of ``v`` (one norm over every axis but the first; a ``(B, D)`` state as it is)."""
+    return torch.linalg.vector_norm(v if v.ndim == 2 else v.reshape(v.shape[0], -1), dim=1)
 
 
 def norm_ratio(noise: torch.Tensor, grad: torch.Tensor, as_number: bool | None = None) -> float | torch.Tensor:
@@ -35,7 +35,7 @@ def norm_ratio(noise: torch.Tensor, grad: torch.Tensor, as_number: bool | None =
     """
     if as_number if as_number is not None else noise.device.type == "cpu":
         num, den = float(_sample_norms(noise).sum()), float(_sample_norms(grad).sum())
-        return num / max(den, 1e-30 * len(noise))
+        return num / max(den, 1e-30 * noise.shape[0])
     return _sample_norms(noise).mean().div_(_sample_norms(grad).mean().clamp_min_(1e-30))
 
 

@@ -22,7 +22,7 @@ from scoresde.sampling.base import (
     GridOption,
     GridSampler,
     StepCallback,
-    add_noise,
+    noise_adder,
     progress_iter,
     scaled_sum,
     start_grid,
@@ -58,16 +58,19 @@ def sample_ddim(
 ) -> torch.Tensor:
     """DDIM from ``x`` at ``grid[0]`` to ``grid[-1]``: one model call per step (and one noise draw when ``eta > 0``)."""
     model, coords, times = start_grid(sde, model, x, grid)
-    for i, (state_coef, eps_coef, noise_std) in enumerate(
-        progress_iter(ddim_coefficients(coords, eta), progress, "ddim")
-    ):
-        # eps_hat = p x + q own (own: the model's output), folded into the step's coefficients
-        p, q, own = model.linear("eps", x, times[i], coords.alpha[i], coords.sigma[i])
+    own, add_noise = model.own("eps"), noise_adder(x, generator)
+    # eps_hat = p x + q own (own: the model's output), folded into each step's coefficients once per grid
+    steps = [(*model.fold("eps", a, b, coords.alpha[i], coords.sigma[i]), c)
+             for i, (a, b, c) in enumerate(ddim_coefficients(coords, eta))]  # fmt: skip
+    for i, (state_coef, own_coef, noise_std) in enumerate(progress_iter(steps, progress, "ddim")):
+        model.nfe += 1
+        out = own(x, times[i])
         if callback is not None:
-            denoised = x0_from_eps(x, scaled_sum(p, x, q, own), coords.alpha[i], coords.sigma[i])
+            p, q = model.fold("eps", 0.0, 1.0, coords.alpha[i], coords.sigma[i])
+            denoised = x0_from_eps(x, scaled_sum(p, x, q, out), coords.alpha[i], coords.sigma[i])
             callback({"i": i, "t": coords.times[i], "x": x, "denoised": denoised})
-        out = scaled_sum(state_coef + eps_coef * p, x, eps_coef * q, own)
-        x = add_noise(out, noise_std, generator) if eta > 0 else out
+        x = scaled_sum(state_coef, x, own_coef, out)
+        x = add_noise(x, noise_std) if eta > 0 else x
     return x
 
 

@@ -52,6 +52,10 @@ def sample_heun(
     model, coords, times = start_grid(sde, model, x, grid)
     sigma_hat, alpha = coords.sigma_hat, coords.alpha
     n = len(grid) - 1
+    # Each slope eps_hat = p x + q own is linear in the state and the model's own output: (p, q) at every grid time
+    # once per grid, folded into the steps.
+    model_eps = model.own("eps")
+    pq = [model.fold("eps", 0.0, 1.0, a, s) for a, s in zip(alpha, coords.sigma, strict=True)]
     y = scale(x, 1 / alpha[0])
     for i in progress_iter(range(n), progress, "heun"):
         s_cur, t_cur, a_cur = sigma_hat[i], times[i], alpha[i]
@@ -62,9 +66,10 @@ def sample_heun(
             t_raised = time_of_sigma_hat(sde, s_raised)
             s_cur, t_cur = s_raised, torch.full_like(times[i], t_raised)
             a_cur = float(sde.marginal_alpha(torch.tensor([t_raised], dtype=torch.float64)))
-        # Each slope eps_hat = p x + q own is linear in the state and the model's own output: folded into the steps.
+        p, q = model.fold("eps", 0.0, 1.0, a_cur, a_cur * s_cur) if gamma > 0 else pq[i]
         x_cur = scale(y, a_cur)
-        p, q, own = model.linear("eps", x_cur, t_cur, a_cur, a_cur * s_cur)
+        model.nfe += 1
+        own = model_eps(x_cur, t_cur)
         c = p * a_cur  # slope = c y + q own
         if callback is not None:
             slope = scaled_sum(c, y, q, own)
@@ -72,7 +77,9 @@ def sample_heun(
         h = sigma_hat[i + 1] - s_cur
         y_euler = scaled_sum(1 + h * c, y, h * q, own)
         a_end = alpha[i + 1]
-        p_end, q_end, own_end = model.linear("eps", scale(y_euler, a_end), times[i + 1], a_end, coords.sigma[i + 1])
+        p_end, q_end = pq[i + 1]
+        model.nfe += 1
+        own_end = model_eps(scale(y_euler, a_end), times[i + 1])
         # trapezoid: y + h/2 (slope + slope_end), slope_end = p_end a_end y_euler + q_end own_end
         y = linear_combination(((1 + 0.5 * h * c, y), (0.5 * h * q, own), (0.5 * h * p_end * a_end, y_euler),
                                 (0.5 * h * q_end, own_end)))  # fmt: skip

@@ -13,9 +13,18 @@ from collections.abc import Callable
 
 import torch
 
-from scoresde.sampling.base import GridOption, GridSampler, StepCallback, as_views, batch_times, progress_iter
+from scoresde.sampling.base import (
+    GridOption,
+    GridSampler,
+    StepCallback,
+    as_views,
+    batch_times,
+    noise_adder,
+    progress_iter,
+    scaled_sum,
+)
 from scoresde.sampling.correctors import CORRECTORS
-from scoresde.sampling.predictors import PREDICTORS, UPDATES, grid_schedules
+from scoresde.sampling.predictors import PREDICTORS, STEPS, folded_steps, grid_schedules
 from scoresde.sde import LinearSDE
 from scoresde.utils import Generator
 
@@ -45,25 +54,30 @@ def sample_pc(
     predictor at ``t_{i+1}``: each time with the time the state has reached."""
     check_pc_choices(predictor, corrector, allow_no_predictor=True)
     model = as_views(model, sde)
-    update = UPDATES.get(predictor)
-    correct = CORRECTORS[corrector]
-    schedules = grid_schedules(sde, grid)  # the predictor's coefficients, once per grid
+    correct = CORRECTORS[corrector] if n_steps > 0 else None
+    schedules = grid_schedules(sde, grid)  # the SDE's coefficients, once per grid
     times = batch_times(grid, x)
+    if predictor in STEPS:  # x_mean = a x + b own(x, t), x = x_mean + std z, with the view's conversion folded in
+        view, steps = folded_steps(model, predictor, schedules, probability_flow)
+        own, add_noise = model.own(view), noise_adder(x, generator)
     if constrain is not None:
         x = constrain(x, times[0])
     for i in progress_iter(range(len(grid) - 1), progress, f"pc[{predictor}/{corrector}]"):
         if callback is not None:
             callback({"i": i, "t": float(grid[i]), "x": x, "denoised": None})
-        t, s, step = times[i], times[i + 1], schedules[i]
-        if correct is not None and n_steps > 0:
-            alpha_ts_sq = (step.alpha_t / step.alpha_s) ** 2
+        t = times[i]
+        if correct is not None:
+            alpha_ts_sq = (schedules[i].alpha_t / schedules[i].alpha_s) ** 2
             x, _ = correct(sde, model, x, t, alpha_ts_sq, snr, n_steps, generator)
             if constrain is not None:
                 x = constrain(x, t)
-        if update is not None:
-            x, _ = update(model, x, t, step, generator, probability_flow)
+        if predictor in STEPS:
+            a, b, std = steps[i]
+            model.nfe += 1
+            x = scaled_sum(a, x, b, own(x, t))
+            x = add_noise(x, std) if std > 0 else x
             if constrain is not None:
-                x = constrain(x, s)
+                x = constrain(x, times[i + 1])
     return x
 
 

@@ -5,7 +5,9 @@ Each is a pure function ``(sde, model, x, t, s, generator) -> (x, x_mean)`` with
 step asks it for its data prediction. For a linear SDE every step is ``x_mean = a x + b m(x, t)`` plus ``c z``
 with coefficients from the SDE's schedule (``f``, ``g^2``, ``alpha``, ``sigma`` and the transition variance):
 :class:`StepSchedule` holds them for one step, as ``(B, 1, ..)`` tensors here or as floats precomputed once per
-grid by the PC loop (:func:`grid_schedules`), and each update formula is written once for both.
+grid by the PC loop (:func:`grid_schedules`). Each predictor's formula is written once, as its :class:`LinearStep`
+``(view, a, b, std)``: the functions here evaluate it on tensors, the PC loop on floats with the model's conversion
+to the view folded in once per grid (:func:`folded_steps`).
 """
 
 from __future__ import annotations
@@ -62,57 +64,33 @@ def _grid_schedules(sde: LinearSDE, times: tuple[float, ...]) -> tuple[StepSched
     return tuple(StepSchedule(*row) for row in zip(*columns, strict=True))
 
 
-def _with_noise(
-    x_mean: torch.Tensor, std: Scalar, generator: Generator, probability_flow: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x_mean + std z, x_mean)``; on the probability flow (deterministic) ``(x_mean, x_mean)``."""
-    if probability_flow:
-        return x_mean, x_mean
-    return add_noise(x_mean, std, generator), x_mean
+class LinearStep(NamedTuple):
+    """A predictor's step written as ``x_mean = a x + b view(x, t)``, ``x = x_mean + std z`` (``std`` 0 on the
+    probability flow): the formula of each predictor, in the view it is linear in."""
+
+    view: str
+    a: Scalar
+    b: Scalar
+    std: Scalar
 
 
-def euler_maruyama_update(
-    model: ModelViews,
-    x: torch.Tensor,
-    t: torch.Tensor,
-    step: StepSchedule,
-    generator: Generator,
-    probability_flow: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def euler_maruyama_step(step: StepSchedule, probability_flow: bool) -> LinearStep:
     """Euler–Maruyama on the reverse SDE ``dx = [f x - g^2 s] dt + g dw`` (probability flow: ``g^2 s / 2``, no
-    noise), Song et al. 2021, Eq. 6 and 13."""
+    noise), Song et al. 2021, Eq. 6 and 13: ``x + (f x - w g^2 score) dt + g sqrt(-dt) z``."""
     weight = 0.5 if probability_flow else 1.0
-    # x + (f x - w g^2 score) dt, with the coefficients of x and score folded (numbers on a grid)
-    x_mean = linear_in_view(model, "score", 1 + step.drift_coef * step.dt, x, -weight * step.diffusion_sq * step.dt,
-                            t, step.alpha_t, step.sigma_t)  # fmt: skip
-    return _with_noise(x_mean, (step.diffusion_sq * -step.dt) ** 0.5, generator, probability_flow)
+    std = 0.0 if probability_flow else (step.diffusion_sq * -step.dt) ** 0.5
+    return LinearStep("score", 1 + step.drift_coef * step.dt, -weight * step.diffusion_sq * step.dt, std)
 
 
-def reverse_diffusion_update(
-    model: ModelViews,
-    x: torch.Tensor,
-    t: torch.Tensor,
-    step: StepSchedule,
-    generator: Generator,
-    probability_flow: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def reverse_diffusion_step(step: StepSchedule, probability_flow: bool) -> LinearStep:
     """Reverse of the exact forward transition ``x_t = alpha_{t|s} x_s + G z`` (``G^2`` the transition variance):
     ``x_s = x_t - (alpha_{t|s} - 1) x_t + G^2 score + G z`` (Song et al. 2021, Eq. 46), finite for any step size."""
     weight = 0.5 if probability_flow else 1.0
-    alpha_ts = step.alpha_t / step.alpha_s
-    x_mean = linear_in_view(model, "score", 2 - alpha_ts, x, weight * step.transition_var,
-                            t, step.alpha_t, step.sigma_t)  # fmt: skip
-    return _with_noise(x_mean, step.transition_var**0.5, generator, probability_flow)
+    std = 0.0 if probability_flow else step.transition_var**0.5
+    return LinearStep("score", 2 - step.alpha_t / step.alpha_s, weight * step.transition_var, std)
 
 
-def ancestral_update(
-    model: ModelViews,
-    x: torch.Tensor,
-    t: torch.Tensor,
-    step: StepSchedule,
-    generator: Generator,
-    probability_flow: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def ancestral_step(step: StepSchedule, probability_flow: bool) -> LinearStep:
     """A draw of the Gaussian posterior ``q(x_s | x_t, x0_hat)`` of any linear SDE.
 
     With ``alpha_{t|s} = alpha_t / alpha_s`` and ``v = sigma_t^2 - alpha_{t|s}^2 sigma_s^2`` the posterior of
@@ -123,19 +101,48 @@ def ancestral_update(
     if probability_flow:
         raise ValueError("the ancestral predictor has no probability-flow form; use reverse_diffusion or ddim")
     var_t, var_s, v = step.sigma_t**2, step.sigma_s**2, step.transition_var
-    x_mean = linear_in_view(model, "x0", step.alpha_t / step.alpha_s * var_s / var_t, x, step.alpha_s * v / var_t,
-                            t, step.alpha_t, step.sigma_t)  # fmt: skip
-    return _with_noise(x_mean, (v * var_s / var_t) ** 0.5, generator, False)
+    return LinearStep("x0", step.alpha_t / step.alpha_s * var_s / var_t, step.alpha_s * v / var_t,
+                      (v * var_s / var_t) ** 0.5)  # fmt: skip
 
 
-UPDATES = {
-    "euler_maruyama": euler_maruyama_update,
-    "reverse_diffusion": reverse_diffusion_update,
-    "ancestral": ancestral_update,
+#: predictor name -> its step as ``(StepSchedule, probability_flow) -> LinearStep``
+STEPS = {
+    "euler_maruyama": euler_maruyama_step,
+    "reverse_diffusion": reverse_diffusion_step,
+    "ancestral": ancestral_step,
 }
 
 
-def _predictor(update):
+def linear_update(
+    model: ModelViews,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    step: LinearStep,
+    alpha: Scalar,
+    sigma: Scalar,
+    generator: Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x_mean + std z, x_mean)`` with ``x_mean = a x + b view(x, t)`` (one NFE; ``alpha``, ``sigma`` of the
+    marginal at ``t``); no draw where ``std`` is the number 0."""
+    x_mean = linear_in_view(model, step.view, step.a, x, step.b, t, alpha, sigma)
+    if not isinstance(step.std, torch.Tensor) and step.std == 0:
+        return x_mean, x_mean
+    return add_noise(x_mean, step.std, generator), x_mean
+
+
+def folded_steps(
+    model: ModelViews, predictor: str, schedules: tuple[StepSchedule, ...], probability_flow: bool
+) -> tuple[str, list[tuple[float, float, float]]]:
+    """The view the predictor asks for and, per grid step, ``(a', b', std)`` of ``x_mean = a' x + b' own(x, t)``
+    with the model's conversion to that view folded in (:meth:`ModelViews.fold`): the PC loop's steps, computed
+    once per grid so that a step is one model call, two tensor operations and the draw."""
+    steps = [STEPS[predictor](s, probability_flow) for s in schedules]
+    folded = [(*model.fold(st.view, st.a, st.b, s.alpha_t, s.sigma_t), float(st.std))
+              for st, s in zip(steps, schedules, strict=True)]  # fmt: skip
+    return steps[0].view, folded
+
+
+def _predictor(name: str):
     def predictor(
         sde: LinearSDE,
         model: ScoreFn,
@@ -145,16 +152,18 @@ def _predictor(update):
         generator: Generator = None,
         probability_flow: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return update(as_views(model, sde), x, t, step_schedule(sde, x, t, s), generator, probability_flow)
+        schedule = step_schedule(sde, x, t, s)
+        step = STEPS[name](schedule, probability_flow)
+        return linear_update(as_views(model, sde), x, t, step, schedule.alpha_t, schedule.sigma_t, generator)
 
-    predictor.__name__ = update.__name__.removesuffix("_update")
-    predictor.__doc__ = update.__doc__
+    predictor.__name__ = name
+    predictor.__doc__ = STEPS[name].__doc__
     return predictor
 
 
-euler_maruyama = _predictor(euler_maruyama_update)
-reverse_diffusion = _predictor(reverse_diffusion_update)
-ancestral = _predictor(ancestral_update)
+euler_maruyama = _predictor("euler_maruyama")
+reverse_diffusion = _predictor("reverse_diffusion")
+ancestral = _predictor("ancestral")
 
 PREDICTORS: dict[str, Predictor] = {
     "euler_maruyama": euler_maruyama,
