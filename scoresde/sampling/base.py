@@ -321,6 +321,12 @@ def _grid_coords(sde: LinearSDE, times: tuple[float, ...]) -> GridCoords:
     return GridCoords(times, *(tuple(v.tolist()) for v in values))
 
 
+def grid_conversions(model: ModelViews, view: str, coords: GridCoords) -> list[tuple[float, float]]:
+    """``(p, q)`` with ``view = p x + q own`` at every grid time (:meth:`ModelViews.fold`), once per run: the loops
+    then call the model's own function (:meth:`ModelViews.own`) and count the call themselves."""
+    return [model.fold(view, 0.0, 1.0, a, s) for a, s in zip(coords.alpha, coords.sigma, strict=True)]
+
+
 def start_grid(sde: LinearSDE, model, x: torch.Tensor, grid: torch.Tensor) -> tuple[ModelViews, GridCoords, list]:
     """What a loop over ``grid`` starts from: the model's views, the grid's coordinates and its times as ``(B,)``
     tensors in ``x``'s dtype and device."""

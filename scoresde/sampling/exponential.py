@@ -28,6 +28,7 @@ from scoresde.sampling.base import (
     GridCoords,
     ModelViews,
     StepCallback,
+    grid_conversions,
     progress_iter,
     scale,
     scaled_sum,
@@ -99,7 +100,11 @@ def model_output(model: ModelViews, view: str, x: torch.Tensor, t: torch.Tensor,
     the model's own output: none), and the steps that combine outputs fold the factor into their weights. Per-sample
     (tensor) coefficients are applied here. (Measured: 3.5-4 us less per NFE for DPM-Solver++ / UniPC on a score
     model, and float32 end points as close to float64's as before: rms 2.2e-6 vs 2.8e-6 on the ring.)"""
-    p, q, own = model.linear(view, x, t, alpha, sigma)
+    return as_output(*model.linear(view, x, t, alpha, sigma), x)
+
+
+def as_output(p: float | torch.Tensor, q: float | torch.Tensor, own: torch.Tensor, x: torch.Tensor) -> Output:
+    """The view ``p x + q own`` at ``x`` as an :data:`Output` (:func:`model_output`)."""
     if isinstance(p, torch.Tensor) or isinstance(q, torch.Tensor):
         return 1.0, scaled_sum(p, x, q, own)
     if p != 0:
@@ -147,10 +152,12 @@ def run_linear_steps(
     corrector, the previous step's correction is folded into this step: :attr:`LinearSteps.folded`; the corrected
     point is formed only for the callback), then the step."""
     view = "x0" if steps.prediction == "data" else "eps"
+    own, pq = model.own(view), grid_conversions(model, view, coords)
     keep = max(steps.history, 1)
     outputs: list[Output] = []  # model outputs at previous grid points, newest first
     for i in progress_iter(range(len(coords) - 1), progress, desc):
-        m = model_output(model, view, x, times[i], coords.alpha[i], coords.sigma[i])
+        model.nfe += 1
+        m = as_output(*pq[i], own(x, times[i]), x)
         outputs = [m, *outputs][:keep]
         if callback is not None:
             correction = steps.corrections[i - 1] if i > 0 else None

@@ -19,6 +19,7 @@ from scoresde.sampling.base import (
     StepCallback,
     add_noise,
     add_scaled,
+    grid_conversions,
     linear_combination,
     progress_iter,
     scale,
@@ -55,7 +56,7 @@ def sample_heun(
     # Each slope eps_hat = p x + q own is linear in the state and the model's own output: (p, q) at every grid time
     # once per grid, folded into the steps.
     model_eps = model.own("eps")
-    pq = [model.fold("eps", 0.0, 1.0, a, s) for a, s in zip(alpha, coords.sigma, strict=True)]
+    pq = grid_conversions(model, "eps", coords)
     y = scale(x, 1 / alpha[0])
     for i in progress_iter(range(n), progress, "heun"):
         s_cur, t_cur, a_cur = sigma_hat[i], times[i], alpha[i]

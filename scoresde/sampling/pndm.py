@@ -20,6 +20,7 @@ from scoresde.sampling.base import (
     GridSampler,
     ModelViews,
     StepCallback,
+    grid_conversions,
     progress_iter,
     scaled_sum,
     start_grid,
@@ -28,6 +29,7 @@ from scoresde.sampling.base import (
 from scoresde.sampling.exponential import (
     LinearSteps,
     Output,
+    as_output,
     cached_per_grid,
     check_choice,
     combine,
@@ -129,9 +131,11 @@ def sample_pndm(
     model, coords, times = start_grid(sde, model, x, grid)
     steps = pndm_steps(coords, variant)
     order, warm = VARIANTS[variant]
+    own, pq = model.own("eps"), grid_conversions(model, "eps", coords)
     history: list[Output] = []  # eps_hat at the previous grid points, newest first
     for i in progress_iter(range(len(grid) - 1), progress, f"pndm-{variant}"):
-        eps_hat = model_output(model, "eps", x, times[i], coords.alpha[i], coords.sigma[i])
+        model.nfe += 1
+        eps_hat = as_output(*pq[i], own(x, times[i]), x)
         history = [eps_hat, *history][:order]
         if callback is not None:
             denoised = x0_from_eps(x, materialize(eps_hat), coords.alpha[i], coords.sigma[i])
