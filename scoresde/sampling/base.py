@@ -113,8 +113,9 @@ def add_noise(x: torch.Tensor, std: float | torch.Tensor, generator: Generator) 
 
 
 def noise_adder(x: torch.Tensor, generator: Generator) -> Callable[[torch.Tensor, float], torch.Tensor]:
-    """:func:`add_noise` for a loop over states like ``x`` with number stds: its checks of the device, the generator
-    and the gradient made once (they hold for the whole loop), only the layout checked per step."""
+    """:func:`add_noise` for a loop over states like ``x`` with number stds. Where gradients are disabled (as in
+    every sampler call), the device and the generator are checked once for the whole loop and only the layout per
+    step; otherwise each step goes through :func:`add_noise` and its checks."""
     if (
         x.device.type == "cpu"
         and not torch.is_grad_enabled()

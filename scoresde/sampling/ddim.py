@@ -58,7 +58,7 @@ def sample_ddim(
 ) -> torch.Tensor:
     """DDIM from ``x`` at ``grid[0]`` to ``grid[-1]``: one model call per step (and one noise draw when ``eta > 0``)."""
     model, coords, times = start_grid(sde, model, x, grid)
-    own, add_noise = model.own("eps"), noise_adder(x, generator)
+    own, noise = model.own("eps"), noise_adder(x, generator)
     # eps_hat = p x + q own (own: the model's output), folded into each step's coefficients once per grid
     steps = [(*model.fold("eps", a, b, coords.alpha[i], coords.sigma[i]), c)
              for i, (a, b, c) in enumerate(ddim_coefficients(coords, eta))]  # fmt: skip
@@ -70,7 +70,7 @@ def sample_ddim(
             denoised = x0_from_eps(x, scaled_sum(p, x, q, out), coords.alpha[i], coords.sigma[i])
             callback({"i": i, "t": coords.times[i], "x": x, "denoised": denoised})
         x = scaled_sum(state_coef, x, own_coef, out)
-        x = add_noise(x, noise_std) if eta > 0 else x
+        x = noise(x, noise_std) if eta > 0 else x
     return x
 
 

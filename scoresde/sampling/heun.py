@@ -55,7 +55,7 @@ def sample_heun(
     n = len(grid) - 1
     # Each slope eps_hat = p x + q own is linear in the state and the model's own output: (p, q) at every grid time
     # once per grid, folded into the steps.
-    model_eps = model.own("eps")
+    own_fn = model.own("eps")
     pq = grid_conversions(model, "eps", coords)
     y = scale(x, 1 / alpha[0])
     for i in progress_iter(range(n), progress, "heun"):
@@ -70,7 +70,7 @@ def sample_heun(
         p, q = model.fold("eps", 0.0, 1.0, a_cur, a_cur * s_cur) if gamma > 0 else pq[i]
         x_cur = scale(y, a_cur)
         model.nfe += 1
-        own = model_eps(x_cur, t_cur)
+        own = own_fn(x_cur, t_cur)
         c = p * a_cur  # slope = c y + q own
         if callback is not None:
             slope = scaled_sum(c, y, q, own)
@@ -80,7 +80,7 @@ def sample_heun(
         a_end = alpha[i + 1]
         p_end, q_end = pq[i + 1]
         model.nfe += 1
-        own_end = model_eps(scale(y_euler, a_end), times[i + 1])
+        own_end = own_fn(scale(y_euler, a_end), times[i + 1])
         # trapezoid: y + h/2 (slope + slope_end), slope_end = p_end a_end y_euler + q_end own_end
         y = linear_combination(((1 + 0.5 * h * c, y), (0.5 * h * q, own), (0.5 * h * p_end * a_end, y_euler),
                                 (0.5 * h * q_end, own_end)))  # fmt: skip

@@ -57,9 +57,10 @@ def sample_pc(
     correct = CORRECTORS[corrector] if n_steps > 0 else None
     schedules = grid_schedules(sde, grid)  # the SDE's coefficients, once per grid
     times = batch_times(grid, x)
+    steps = None
     if predictor in STEPS:  # x_mean = a x + b own(x, t), x = x_mean + std z, with the view's conversion folded in
         view, steps = folded_steps(model, predictor, schedules, probability_flow)
-        own, add_noise = model.own(view), noise_adder(x, generator)
+        own, noise = model.own(view), noise_adder(x, generator)
     if constrain is not None:
         x = constrain(x, times[0])
     for i in progress_iter(range(len(grid) - 1), progress, f"pc[{predictor}/{corrector}]"):
@@ -71,11 +72,11 @@ def sample_pc(
             x, _ = correct(sde, model, x, t, alpha_ts_sq, snr, n_steps, generator)
             if constrain is not None:
                 x = constrain(x, t)
-        if predictor in STEPS:
+        if steps is not None:
             a, b, std = steps[i]
             model.nfe += 1
             x = scaled_sum(a, x, b, own(x, t))
-            x = add_noise(x, std) if std > 0 else x
+            x = noise(x, std) if std is not None else x
             if constrain is not None:
                 x = constrain(x, times[i + 1])
     return x

@@ -65,20 +65,20 @@ def _grid_schedules(sde: LinearSDE, times: tuple[float, ...]) -> tuple[StepSched
 
 
 class LinearStep(NamedTuple):
-    """A predictor's step written as ``x_mean = a x + b view(x, t)``, ``x = x_mean + std z`` (``std`` 0 on the
-    probability flow): the formula of each predictor, in the view it is linear in."""
+    """A predictor's step written as ``x_mean = a x + b view(x, t)``, ``x = x_mean + std z`` (``std`` ``None`` on the
+    probability flow: no draw): the formula of each predictor, in the view it is linear in."""
 
     view: str
     a: Scalar
     b: Scalar
-    std: Scalar
+    std: Scalar | None
 
 
 def euler_maruyama_step(step: StepSchedule, probability_flow: bool) -> LinearStep:
     """Euler–Maruyama on the reverse SDE ``dx = [f x - g^2 s] dt + g dw`` (probability flow: ``g^2 s / 2``, no
     noise), Song et al. 2021, Eq. 6 and 13: ``x + (f x - w g^2 score) dt + g sqrt(-dt) z``."""
     weight = 0.5 if probability_flow else 1.0
-    std = 0.0 if probability_flow else (step.diffusion_sq * -step.dt) ** 0.5
+    std = None if probability_flow else (step.diffusion_sq * -step.dt) ** 0.5
     return LinearStep("score", 1 + step.drift_coef * step.dt, -weight * step.diffusion_sq * step.dt, std)
 
 
@@ -86,7 +86,7 @@ def reverse_diffusion_step(step: StepSchedule, probability_flow: bool) -> Linear
     """Reverse of the exact forward transition ``x_t = alpha_{t|s} x_s + G z`` (``G^2`` the transition variance):
     ``x_s = x_t - (alpha_{t|s} - 1) x_t + G^2 score + G z`` (Song et al. 2021, Eq. 46), finite for any step size."""
     weight = 0.5 if probability_flow else 1.0
-    std = 0.0 if probability_flow else step.transition_var**0.5
+    std = None if probability_flow else step.transition_var**0.5
     return LinearStep("score", 2 - step.alpha_t / step.alpha_s, weight * step.transition_var, std)
 
 
@@ -123,9 +123,9 @@ def linear_update(
     generator: Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x_mean + std z, x_mean)`` with ``x_mean = a x + b view(x, t)`` (one NFE; ``alpha``, ``sigma`` of the
-    marginal at ``t``); no draw where ``std`` is the number 0."""
+    marginal at ``t``); ``(x_mean, x_mean)`` without a draw where ``std`` is ``None`` (the probability flow)."""
     x_mean = linear_in_view(model, step.view, step.a, x, step.b, t, alpha, sigma)
-    if not isinstance(step.std, torch.Tensor) and step.std == 0:
+    if step.std is None:
         return x_mean, x_mean
     return add_noise(x_mean, step.std, generator), x_mean
 
@@ -134,10 +134,11 @@ def folded_steps(
     model: ModelViews, predictor: str, schedules: tuple[StepSchedule, ...], probability_flow: bool
 ) -> tuple[str, list[tuple[float, float, float]]]:
     """The view the predictor asks for and, per grid step, ``(a', b', std)`` of ``x_mean = a' x + b' own(x, t)``
+    (``std`` a float, ``None`` on the probability flow)
     with the model's conversion to that view folded in (:meth:`ModelViews.fold`): the PC loop's steps, computed
     once per grid so that a step is one model call, two tensor operations and the draw."""
     steps = [STEPS[predictor](s, probability_flow) for s in schedules]
-    folded = [(*model.fold(st.view, st.a, st.b, s.alpha_t, s.sigma_t), float(st.std))
+    folded = [(*model.fold(st.view, st.a, st.b, s.alpha_t, s.sigma_t), None if st.std is None else float(st.std))
               for st, s in zip(steps, schedules, strict=True)]  # fmt: skip
     return steps[0].view, folded
 
