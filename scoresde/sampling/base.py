@@ -198,10 +198,16 @@ class ModelViews:
         return (*_CONVERSIONS[view, native](alpha, sigma), fn(x, t))
 
     def own(self, view: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """The model's own function that ``view`` is computed from, uncounted: for a loop that folds the conversion
-        into its step coefficients once per grid (:meth:`fold`), calls it with ``(B,)`` times and counts each call
-        in :attr:`nfe` itself."""
-        return self._route[view][1]
+        """The model's own function that ``view`` is computed from, each call counted as one NFE: for a loop that
+        folds the conversion into its step coefficients once per grid (:meth:`fold`) and calls it with ``(B,)``
+        times (no time check, routing or conversion per call)."""
+        fn = self._route[view][1]
+
+        def counted(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            self.nfe += 1
+            return fn(x, t)
+
+        return counted
 
     def fold(self, view: str, a: Scale, b: Scale, alpha: Scale, sigma: Scale) -> tuple[Scale, Scale]:
         """``(a', b')`` with ``a x + b view(x, t) = a' x + b' own(x, t)`` (``own`` the function :meth:`own` gives)
@@ -324,7 +330,7 @@ def _grid_coords(sde: LinearSDE, times: tuple[float, ...]) -> GridCoords:
 
 def grid_conversions(model: ModelViews, view: str, coords: GridCoords) -> list[tuple[float, float]]:
     """``(p, q)`` with ``view = p x + q own`` at every grid time (:meth:`ModelViews.fold`), once per run: the loops
-    then call the model's own function (:meth:`ModelViews.own`) and count the call themselves."""
+    then call the model's own function (:meth:`ModelViews.own`)."""
     return [model.fold(view, 0.0, 1.0, a, s) for a, s in zip(coords.alpha, coords.sigma, strict=True)]
 
 

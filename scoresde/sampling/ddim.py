@@ -63,7 +63,6 @@ def sample_ddim(
     steps = [(*model.fold("eps", a, b, coords.alpha[i], coords.sigma[i]), c)
              for i, (a, b, c) in enumerate(ddim_coefficients(coords, eta))]  # fmt: skip
     for i, (state_coef, own_coef, noise_std) in enumerate(progress_iter(steps, progress, "ddim")):
-        model.nfe += 1
         out = own(x, times[i])
         if callback is not None:
             p, q = model.fold("eps", 0.0, 1.0, coords.alpha[i], coords.sigma[i])

@@ -156,7 +156,6 @@ def run_linear_steps(
     keep = max(steps.history, 1)
     outputs: list[Output] = []  # model outputs at previous grid points, newest first
     for i in progress_iter(range(len(coords) - 1), progress, desc):
-        model.nfe += 1
         m = as_output(*pq[i], own(x, times[i]), x)
         outputs = [m, *outputs][:keep]
         if callback is not None:

@@ -69,7 +69,6 @@ def sample_heun(
             a_cur = float(sde.marginal_alpha(torch.tensor([t_raised], dtype=torch.float64)))
         p, q = model.fold("eps", 0.0, 1.0, a_cur, a_cur * s_cur) if gamma > 0 else pq[i]
         x_cur = scale(y, a_cur)
-        model.nfe += 1
         own = own_fn(x_cur, t_cur)
         c = p * a_cur  # slope = c y + q own
         if callback is not None:
@@ -79,7 +78,6 @@ def sample_heun(
         y_euler = scaled_sum(1 + h * c, y, h * q, own)
         a_end = alpha[i + 1]
         p_end, q_end = pq[i + 1]
-        model.nfe += 1
         own_end = own_fn(scale(y_euler, a_end), times[i + 1])
         # trapezoid: y + h/2 (slope + slope_end), slope_end = p_end a_end y_euler + q_end own_end
         y = linear_combination(((1 + 0.5 * h * c, y), (0.5 * h * q, own), (0.5 * h * p_end * a_end, y_euler),

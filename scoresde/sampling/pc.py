@@ -74,7 +74,6 @@ def sample_pc(
                 x = constrain(x, t)
         if steps is not None:
             a, b, std = steps[i]
-            model.nfe += 1
             x = scaled_sum(a, x, b, own(x, t))
             x = noise(x, std) if std is not None else x
             if constrain is not None:

@@ -134,7 +134,6 @@ def sample_pndm(
     own, pq = model.own("eps"), grid_conversions(model, "eps", coords)
     history: list[Output] = []  # eps_hat at the previous grid points, newest first
     for i in progress_iter(range(len(grid) - 1), progress, f"pndm-{variant}"):
-        model.nfe += 1
         eps_hat = as_output(*pq[i], own(x, times[i]), x)
         history = [eps_hat, *history][:order]
         if callback is not None:

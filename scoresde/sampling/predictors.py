@@ -132,11 +132,11 @@ def linear_update(
 
 def folded_steps(
     model: ModelViews, predictor: str, schedules: tuple[StepSchedule, ...], probability_flow: bool
-) -> tuple[str, list[tuple[float, float, float]]]:
+) -> tuple[str, list[tuple[float, float, float | None]]]:
     """The view the predictor asks for and, per grid step, ``(a', b', std)`` of ``x_mean = a' x + b' own(x, t)``
-    (``std`` a float, ``None`` on the probability flow)
-    with the model's conversion to that view folded in (:meth:`ModelViews.fold`): the PC loop's steps, computed
-    once per grid so that a step is one model call, two tensor operations and the draw."""
+    with the model's conversion to that view folded in (:meth:`ModelViews.fold`; ``std`` a float, ``None`` on the
+    probability flow): the PC loop's steps, computed once per grid so that a step is one model call, two tensor
+    operations and the draw."""
     steps = [STEPS[predictor](s, probability_flow) for s in schedules]
     folded = [(*model.fold(st.view, st.a, st.b, s.alpha_t, s.sigma_t), None if st.std is None else float(st.std))
               for st, s in zip(steps, schedules, strict=True)]  # fmt: skip
