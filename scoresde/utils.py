@@ -33,6 +33,8 @@ def as_time(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     keeps float64 problems at float64 precision.
     """
     dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+    if isinstance(t, (float, int)) and not isinstance(t, bool):  # a fill: no host-to-device copy (CUDA graphs)
+        return torch.full((x.shape[0],), t, device=x.device, dtype=dtype)
     t = torch.as_tensor(t, device=x.device, dtype=dtype)
     if t.ndim == 0:
         t = t.expand(x.shape[0])
