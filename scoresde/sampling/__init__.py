@@ -3,7 +3,8 @@
 Every sampler returns a :class:`SampleResult` with ``samples`` and ``nfe``, the exact number of model calls
 (counted by a wrapper, the final denoising step included). The algorithms are also plain functions of
 ``(sde, model, x, grid, generator, callback)`` (``sample_ddim``, ``sample_dpm_solver``, ``sample_unipc``, ...), and
-a grid can be fitted to a sampler and a model (:func:`optimize_grid`).
+a grid can be fitted to a sampler and a model (:func:`optimize_grid`). On a GPU, :class:`GraphedSampler` replays a
+fixed-step sampler's whole loop as one CUDA graph.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from scoresde.sampling.base import (
 from scoresde.sampling.ddim import DDIMSampler, sample_ddim
 from scoresde.sampling.dpm_solver import DPMSolverSampler, sample_dpm_solver
 from scoresde.sampling.fitted_grids import GridFit, fit_grid, fit_or_load_grid, optimize_grid
+from scoresde.sampling.graphs import GraphedSampler
 from scoresde.sampling.grids import GRIDS, load_grid, time_grid
 from scoresde.sampling.heun import HeunSampler, sample_heun
 from scoresde.sampling.ode import ODESampler, ScipyODESampler
@@ -96,6 +98,7 @@ __all__ = [
     "SampleResult",
     "Sampler",
     "GridSampler",
+    "GraphedSampler",
     "ModelViews",
     "CountingScore",
     "time_grid",

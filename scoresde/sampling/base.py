@@ -296,8 +296,12 @@ def initial_state(
 
 
 def batch_times(grid: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
-    """Every grid time as a ``(B,)`` tensor in ``x``'s dtype and device, built once per run (one allocation)."""
-    column = grid.detach().to(device=x.device, dtype=x.dtype)[:, None]
+    """Every grid time as a ``(B,)`` tensor in ``x``'s dtype and device, built once per run: on the CPU one
+    allocation; elsewhere one fill per time, so that no host-to-device copy (a synchronization, which a CUDA graph's
+    capture refuses) is made."""
+    if x.device.type != "cpu":
+        return [torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device) for t in grid.detach().tolist()]
+    column = grid.detach().to(dtype=x.dtype)[:, None]
     return list(column.expand(-1, x.shape[0]).contiguous().unbind(0))
 
 
@@ -404,6 +408,9 @@ class GridSampler(Sampler):
 
     default_steps: int | None = None
     default_grid: str = "uniform"
+    #: The loop is this library's tensor arithmetic with no host reads, so a CUDA graph can capture it
+    #: (:class:`~scoresde.sampling.graphs.GraphedSampler`); ``False`` where a solver library steps it.
+    capturable: bool = True
 
     def __init__(
         self,

@@ -54,6 +54,7 @@ class ODESampler(GridSampler):
     name = "ode"
     default_steps = 100
     default_grid = "uniform"
+    capturable = False  # torchdiffeq steps it (adaptive step control reads its error estimate on the host)
 
     def __init__(
         self,

@@ -99,6 +99,7 @@ class SDEIntSampler(GridSampler):
     name = "sdeint"
     default_steps = None
     default_grid = "uniform"
+    capturable = False  # torchsde steps it (its Brownian motion is drawn and cached on the host side)
 
     def __init__(
         self,
