@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from scoresde.distributed import DistInfo, gather_to_main, interleave, my_share
-from scoresde.sampling import Sampler
+from scoresde.sampling import GraphedSampler, Sampler
 from scoresde.sampling.base import progress_iter
 from scoresde.sde import ScoreFn
 from scoresde.utils import derived_seed
@@ -47,8 +47,15 @@ def generate(
     device: torch.device | str = "cpu",
     progress: bool | None = None,
     dist: DistInfo | None = None,
+    cuda_graph: bool = False,
 ) -> GenerateResult | None:
     """Samples ``first, ..., first + n - 1`` of the run with ``seed``, in batches of ``batch_size``.
+
+    ``cuda_graph``: each batch replays the sampler's loop as a CUDA graph
+    (:class:`~scoresde.sampling.graphs.GraphedSampler`; captured once per batch shape). The starting points still
+    come from the per-sample generators, so a deterministic sampler gives the same samples as without the graph;
+    a stochastic one draws its loop noise from one CUDA generator per batch, seeded by the batch's first sample
+    seed, so its samples then depend on the batch size as well.
 
     Under ``torchrun`` (``dist`` with several ranks) the batches are dealt round-robin to the ranks and gathered on
     rank 0, which returns the whole result (the same as one process: sample ``k`` depends only on ``(seed, k)`` and
@@ -59,11 +66,23 @@ def generate(
             f"need n >= 1, batch_size >= 1 and first >= 0; got n={n}, batch_size={batch_size}, first={first}"
         )
     seeds = np.array([sample_seed(seed, k) for k in range(first, first + n)], dtype=np.uint64)
+    graphed, loop_gen = None, None
+    if cuda_graph:  # refused here, before any batch, where the sampler or the device cannot be graphed
+        graphed = GraphedSampler(sampler)
+        if torch.device(device).type != "cuda":
+            raise ValueError(f"cuda_graph needs a CUDA device, got device={str(device)!r}")
+        loop_gen = torch.Generator(device)
 
     def batch(start: int, stop: int) -> tuple[torch.Tensor, int]:
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds[start:stop]]
+        shape = (stop - start, *data_shape)
         with torch.no_grad():
-            res = sampler(sde, score_fn, (stop - start, *data_shape), generator=gens, device=device)
+            if graphed is None:
+                res = sampler(sde, score_fn, shape, generator=gens, device=device)
+            else:
+                x_init = sde.prior_sampling(shape, generator=gens, device=device, dtype=getattr(sampler, "dtype", None))
+                loop_gen.manual_seed(int(seeds[start]))
+                res = graphed(sde, score_fn, shape, generator=loop_gen, device=device, x_init=x_init)
         return res.samples, res.nfe
 
     done = run_batches(n, batch_size, batch, dist, progress)

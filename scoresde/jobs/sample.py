@@ -48,6 +48,7 @@ class SampleConfig:
     fit_max_evals: int | None = None  # cap on the fit's objective evaluations (null: the optimizer's default)
     low_res: str | None = None  # super-resolution runs (task=superres): the low-resolution images, sample k <- image k
     low_res_aug: float = 0.0  # noise-conditioning augmentation level of low_res at sampling (Ho et al. 2022, 4.4)
+    cuda_graph: bool = False  # replay the sampler's loop as one CUDA graph per batch shape (plain sampling, CUDA)
 
 
 def check(cfg: SampleConfig) -> None:
@@ -69,6 +70,10 @@ def check(cfg: SampleConfig) -> None:
     require(0 <= cfg.low_res_aug < 1, "low_res_aug", cfg.low_res_aug, "must lie in [0, 1)")
     require(cfg.low_res is None or not (inverse or cfg.fit_grid), "low_res", cfg.low_res,
             "super-resolution is not combined with mask= / gray= / fit_grid=true")  # fmt: skip
+    require(not (cfg.cuda_graph and (inverse or cfg.low_res is not None)), "cuda_graph", cfg.cuda_graph,
+            "graphs replay plain sampling, not mask= / gray= / low_res=")  # fmt: skip
+    require(not cfg.cuda_graph or cfg.device == "auto" or cfg.device.startswith("cuda"), "cuda_graph",
+            cfg.cuda_graph, f"needs a CUDA device, not device={cfg.device}")  # fmt: skip
 
 
 def build_sampler(node: Any):
@@ -104,6 +109,13 @@ def _check_sampler(cfg: SampleConfig, sampler, inverse: bool) -> None:
 
         if not (isinstance(sampler, GridSampler) and is_deterministic(sampler)):
             raise ConfigError(f"fit_grid=true needs a deterministic fixed-step sampler, not {sampler!r}")
+    if cfg.cuda_graph:
+        from scoresde.sampling.graphs import GraphedSampler
+
+        try:
+            GraphedSampler(sampler)
+        except TypeError as err:
+            raise ConfigError(f"cuda_graph=true: {err}") from None
 
 
 def run(cfg: SampleConfig, out_dir: str | Path) -> dict[str, Path] | None:
@@ -122,6 +134,8 @@ def run(cfg: SampleConfig, out_dir: str | Path) -> dict[str, Path] | None:
         _check_sampler(cfg, sampler, inverse)
     dist = init_distributed(cfg.device)
     try:
+        require(not cfg.cuda_graph or dist.device.type == "cuda", "cuda_graph", cfg.cuda_graph,
+                f"needs a CUDA device; device={cfg.device} resolved to {dist.device}")  # fmt: skip
         return _run(cfg, node, sampler, out_dir, dist)
     finally:
         cleanup(dist)
@@ -150,7 +164,8 @@ def _run(cfg: SampleConfig, node: dict | None, sampler, out_dir: str | Path, dis
         res = solve_inverse(cfg, loaded, score_fn, sampler, dist.device, dist)
     else:
         res = generate(score_fn, loaded.sde, loaded.data_shape, cfg.n, sampler, seed=cfg.seed, first=cfg.first,
-                       batch_size=cfg.batch_size, device=dist.device, progress=cfg.progress, dist=dist)  # fmt: skip
+                       batch_size=cfg.batch_size, device=dist.device, progress=cfg.progress, dist=dist,
+                       cuda_graph=cfg.cuda_graph)  # fmt: skip
     if res is None:  # not rank 0
         return None
     paths = save_samples(out_dir, res, loaded.to_unit)  # latent runs: decoded images
