@@ -1,8 +1,9 @@
 """Loop overhead of two source trees side by side: sampler wall time / the same number of bare model calls.
 
-Runs the measurement alternately under ``PYTHONPATH=BEFORE`` and ``PYTHONPATH=AFTER`` (separate processes, so each
-imports its own ``scoresde``), ``--rounds`` times; each round times every sampler ``--reps`` times interleaved with
-bare calls of the exact 8-Gaussians VP score on ``--points`` points (1 thread, 20 NFE) and keeps the median ratio.
+Runs the measurement alternately with ``BEFORE`` and ``AFTER`` first on ``PYTHONPATH`` (separate processes, so each
+imports its own ``scoresde``; the caller's entries follow, for dependencies installed outside site-packages),
+``--rounds`` times; each round times every sampler ``--reps`` times interleaved with bare calls of the exact
+8-Gaussians VP score on ``--points`` points (1 thread, 20 NFE) and keeps the median ratio.
 Prints a markdown table of the medians over the rounds. One round of one sampler spreads by a few percent on a
 shared machine, hence the rounds. Only the public API is used, so any two revisions compare::
 
@@ -103,7 +104,8 @@ def main() -> None:
            "--samplers", args.samplers]  # fmt: skip
     for r in range(args.rounds):
         for which, tree in trees.items():
-            env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
+            path = os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))  # the tree's scoresde first
+            env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
             line = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, cwd=tree).stdout
             for label, ratio in json.loads(line.strip().splitlines()[-1]).items():
                 results[which][label].append(ratio)

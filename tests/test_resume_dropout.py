@@ -27,6 +27,7 @@ MAIN_MODEL = [
     "trainer.progress=false",
     "trainer.tensorboard=false",
     "trainer.num_threads=1",
+    "trainer.device=cpu",  # bitwise: on a GPU cuDNN's kernels may differ run to run (test_train_cuda.py resumes there)
     "trainer.batch_size=16",  # the main job's model and recipe; a smaller batch and held-out set keep it quick
     "trainer.eval_examples=16",
 ]

@@ -252,7 +252,7 @@ def test_load_model_from_checkpoint_run_dir_and_export(tmp_path):
             outs.append(m.model(x, t))
     assert all(torch.equal(outs[0], o) for o in outs[1:])
     raw = scoresde.load_model(run, use_ema=False).model
-    model_state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+    model_state = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["model"]
     assert all(torch.equal(v, model_state[k]) for k, v in raw.state_dict().items())
 
 
