@@ -31,10 +31,19 @@ def norm_ratio(noise: torch.Tensor, grad: torch.Tensor, as_number: bool | None =
 
     ``as_number`` (default: on the CPU) reads the two sums of per-sample norms out as numbers, so the step's updates
     take numbers (2 tensor operations fewer per step; reading a CPU tensor costs no synchronization); otherwise a
-    0-d tensor, which keeps an accelerator's queue free of a host read. Equal to round-off (tested).
+    0-d tensor, which keeps an accelerator's queue free of a host read. Equal to round-off (tested). A score that
+    is zero everywhere leaves the rule undefined (an infinite step): as a number that is a ``ValueError``; as a
+    tensor, which is never read on the host, the denominator is clamped and the step is meaningless (the
+    reference's turns into NaN).
     """
     if as_number if as_number is not None else noise.device.type == "cpu":
         num, den = float(_sample_norms(noise).sum()), float(_sample_norms(grad).sum())
+        if den == 0:
+            raise ValueError(
+                "Langevin corrector: the score is zero for every sample, so the signal-to-noise step size "
+                "2 alpha (snr ||z|| / ||score||)^2 is infinite (a model that outputs zeros, e.g. an untrained network "
+                "with a zero-initialised output layer?); use corrector='annealed_langevin' or 'none'"
+            )
         return num / max(den, 1e-30 * noise.shape[0])
     return _sample_norms(noise).mean().div_(_sample_norms(grad).mean().clamp_min_(1e-30))
 
