@@ -25,6 +25,8 @@ Labels = int | torch.Tensor
 
 def as_labels(y: Labels, x: torch.Tensor) -> torch.Tensor:
     """Class labels as a ``(B,)`` long tensor on ``x``'s device (an int means the same class for every sample)."""
+    if isinstance(y, int) and not isinstance(y, bool):  # a fill: no host-to-device copy (CUDA graphs)
+        return torch.full((x.shape[0],), y, dtype=torch.long, device=x.device)
     y = torch.as_tensor(y, device=x.device)
     if y.is_floating_point() or y.is_complex():
         raise ValueError(f"class labels must be integers, got dtype {y.dtype}")
