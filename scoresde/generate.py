@@ -71,6 +71,8 @@ def generate(
         graphed = GraphedSampler(sampler)
         if torch.device(device).type != "cuda":
             raise ValueError(f"cuda_graph needs a CUDA device, got device={str(device)!r}")
+        if not torch.cuda.is_available():
+            raise RuntimeError("cuda_graph needs a CUDA device, and torch.cuda.is_available() is False here")
         loop_gen = torch.Generator(device)
 
     def batch(start: int, stop: int) -> tuple[torch.Tensor, int]:

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from scoresde.nets import MLP
 from scoresde.sampling import get_sampler
-from scoresde.sampling.base import batch_times
+from scoresde.sampling.base import ModelViews, batch_times
 from scoresde.sampling.graphs import GraphedSampler
 from scoresde.score import ScoreModel
-from scoresde.sde import VESDE, VPSDE
+from scoresde.sde import EDMSDE, VESDE, VPSDE
 from scoresde.utils import as_time
+from tests.conftest import SDE_FACTORIES
 
 # every fixed-step sampler, stochastic ones included (10 steps each)
 CASES = [
@@ -59,10 +62,11 @@ def test_adaptive_or_library_samplers_are_refused(name):
         GraphedSampler(get_sampler(name))
 
 
-@pytest.mark.parametrize("warmup", [0, -1, 1.5, True])
-def test_bad_warmup_is_refused(warmup):
-    with pytest.raises(ValueError, match="warmup"):
-        GraphedSampler(get_sampler("ddim"), warmup=warmup)
+@pytest.mark.parametrize("value", [0, -1, 1.5, True])
+@pytest.mark.parametrize("name", ["warmup", "max_graphs"])
+def test_bad_counts_are_refused(name, value):
+    with pytest.raises(ValueError, match=f"{name} must be an integer >= 1"):
+        GraphedSampler(get_sampler("ddim"), **{name: value})
 
 
 def test_refusals_before_any_model_call():
@@ -108,6 +112,66 @@ def test_times_from_numbers_equal_the_copied_times():
     grid = torch.tensor([1.0, 0.7, 0.123456789, 1e-3], dtype=torch.float64)
     for got, t in zip(batch_times(grid, x), grid, strict=True):
         assert torch.equal(got, t.float().expand(5))
+
+
+class HostTraffic(TorchDispatchMode):
+    """Records what would read from or copy to the host on an accelerator: on the meta device an op mixing a CPU
+    tensor (not a 0-d one, which is a kernel argument) with meta tensors, and ``torch.tensor`` / ``torch.as_tensor``
+    asked for a non-CPU device (a host tensor copied over)."""
+
+    def __init__(self):
+        super().__init__()
+        self.hits: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        out = func(*args, **kwargs)
+        outs = [o for o in (out if isinstance(out, tuple | list) else [out]) if isinstance(o, torch.Tensor)]
+        if any(a.device.type == "cpu" and a.ndim > 0 for a in tensors) and any(
+            t.device.type == "meta" for t in (*tensors, *outs)
+        ):
+            self.hits.append(str(func))
+        return out
+
+
+class HostTensors(TorchFunctionMode):
+    """``torch.tensor`` / ``torch.as_tensor`` of host data (numbers, lists, CPU tensors) for another device."""
+
+    def __init__(self, hits: list[str]):
+        super().__init__()
+        self.hits = hits
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        to_device = torch.device(kwargs.get("device") or "cpu").type != "cpu"
+        data = args[0] if args else kwargs.get("data")
+        from_host = not isinstance(data, torch.Tensor) or data.device.type == "cpu"
+        if func in (torch.tensor, torch.as_tensor) and to_device and from_host:
+            self.hits.append(f"{func.__name__}({data!r}, device={kwargs['device']})")
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("sde", [*SDE_FACTORIES.values(), EDMSDE], ids=[*SDE_FACTORIES, "edm"])
+def test_every_capturable_loop_stays_on_the_device(sde):
+    """What a capture refuses, caught without a GPU: every capturable sampler (and Tweedie's final step, int class
+    labels) runs on the meta device, where a host read (``.item()``, ``float()``) raises, with no host tensor
+    copied over. Reverting ``batch_times`` to its host copy makes this fail."""
+    from scoresde.guidance import as_labels
+
+    sde = sde()
+    model = ScoreModel(MLP((2,), hidden=8, depth=1), sde).to("meta")
+    hits: list[str] = []
+    for name, options in CASES:
+        sampler = get_sampler(name, steps=4, **options)
+        assert sampler.capturable
+        dispatch = HostTraffic()
+        with torch.no_grad(), HostTensors(hits), dispatch:
+            out = sampler.sample(sde, ModelViews(model, sde), torch.zeros(3, 2, device="meta"), None, None)
+            as_labels(2, out)
+        hits += [f"{name} {options}: {h}" for h in dispatch.hits]
+        assert out.device.type == "meta" and out.shape == (3, 2)
+    assert hits == []
 
 
 # ---- on CUDA ----
@@ -157,6 +221,20 @@ def test_replays_reuse_the_capture_and_advance_the_generator():
     assert graphed.captures == 2
     out = graphed(sde, model, (128, 2), generator=g2, device="cuda")
     assert graphed.captures == 2 and out.samples.shape == (128, 2)
+    # a fresh generator per call reuses the capture (each capture draws from its own, loaded with the caller's state)
+    for seed in (7, 8):
+        e = sampler(sde, model, (128, 2), generator=torch.Generator("cuda").manual_seed(seed), device="cuda").samples
+        g = graphed(sde, model, (128, 2), generator=torch.Generator("cuda").manual_seed(seed), device="cuda").samples
+        assert float((g - e).abs().max()) < 1e-5 * float(e.abs().max())
+    assert graphed.captures == 2
+    # at most max_graphs are kept, the least recently used dropped; clear() drops all
+    small = GraphedSampler(sampler, max_graphs=1)
+    for shape in [(16, 2), (32, 2), (16, 2)]:
+        small(sde, model, shape, device="cuda")
+    assert small.captures == 3
+    small.clear()
+    small(sde, model, (16, 2), device="cuda")
+    assert small.captures == 4
 
 
 @pytest.mark.cuda
@@ -196,10 +274,15 @@ def test_a_model_reading_the_host_is_refused_and_the_generators_kept(when):
             x.cpu()  # a device-to-host copy: a synchronization
         return -x
 
+    mlp = mlp_model(sde, "cuda")
+    earlier = GraphedSampler(get_sampler("euler_maruyama", steps=5))  # captured before the failure
+    x0 = torch.randn(16, 2, device="cuda")
+    earlier(sde, mlp, (16, 2), device="cuda", x_init=x0)
     g = torch.Generator("cuda").manual_seed(0)
     state, default_state = g.get_state(), torch.cuda.get_rng_state()
     mode, stream = torch.cuda.get_sync_debug_mode(), torch.cuda.current_stream()
-    with pytest.raises(RuntimeError, match="could not be captured in a CUDA graph"):
+    stage = "warm-up" if when == "always" else "capture"
+    with pytest.raises(RuntimeError, match=f"could not be captured in a CUDA graph \\({stage} failed"):
         GraphedSampler(get_sampler("ddim", steps=4))(sde, model, (8, 2), generator=g, device="cuda")
     assert torch.equal(g.get_state(), state) and torch.equal(torch.cuda.get_rng_state(), default_state)
     assert torch.cuda.get_sync_debug_mode() == mode and torch.cuda.current_stream() == stream
@@ -207,6 +290,11 @@ def test_a_model_reading_the_host_is_refused_and_the_generators_kept(when):
     g.set_state(state)
     assert torch.equal(a, torch.randn(4, device="cuda", generator=g))
     torch.randn(4, device="cuda")  # the default generator draws too
+    torch.cuda.manual_seed(1)  # and the graph captured before still replays, drawing from it
+    got = earlier(sde, mlp, (16, 2), device="cuda", x_init=x0).samples
+    torch.cuda.manual_seed(1)
+    eager = earlier.sampler(sde, mlp, (16, 2), device="cuda", x_init=x0).samples
+    assert float((got - eager).abs().max()) < 1e-5 * float(eager.abs().max())
 
 
 # ---- generate(..., cuda_graph=True) and sample.py cuda_graph=true ----
@@ -229,6 +317,9 @@ def test_generate_and_sample_job_refuse_graphs_they_cannot_run(tmp_path):
         generate(model, sde, (2,), 4, get_sampler("ddim", steps=3), device="cpu", cuda_graph=True)
     with pytest.raises(TypeError, match="fixed-step sampler"):
         generate(model, sde, (2,), 4, get_sampler("ode"), device="cuda", cuda_graph=True)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="cuda_graph needs a CUDA device, and torch.cuda.is_available"):
+            generate(model, sde, (2,), 4, get_sampler("ddim", steps=3), device="cuda", cuda_graph=True)
 
     def run(*overrides):
         return job.run(typed_config("sample", f"ckpt={tmp_path / 'nope'}", "cuda_graph=true", *overrides), tmp_path)

@@ -2,19 +2,24 @@
 
 On a GPU a small network's call is a few dozen short kernels, so the host's launches, not the GPU, set the time of
 a sampling loop, and every update between two calls adds its own launches. :class:`GraphedSampler` captures the
-whole loop once per (SDE, model, batch shape, dtype, device, generator): every model call, every update, every
-noise draw and the final denoising step. Each later call copies the starting point into the graph's input and
-replays it: one launch for the whole trajectory.
+whole loop once per (SDE, model, batch shape, dtype, device): every model call, every update, every noise draw and
+the final denoising step. Each later call copies the starting point into the graph's input and replays it: one
+launch for the whole trajectory.
 
-Semantics are the sampler's: the same samples from the same starting point and generator state (the graph draws
-the noise from the generator's current state and advances it as the eager loop does, PyTorch's graph-safe RNG),
-the same ``nfe`` (counted while capturing). What a graph cannot do is refused before any work: a per-step
-``callback`` (the host is not in the loop), per-sample generator lists and CPU generators (their draws cross from
-the host), a device other than CUDA, samplers with adaptive steps. The model must not read values on the host
-(``.item()``, data-dependent branches); a capture that fails says so.
+Semantics are the sampler's: the same samples from the same starting point and generator state, the same ``nfe``
+(counted while capturing). Each capture draws from a generator of its own; a call copies the caller's generator
+state into it, replays (PyTorch's graph-safe RNG draws from that state and advances it as the eager loop does) and
+copies the advanced state back, so any generator works with any capture. What a graph cannot do is refused before
+any work: a per-step ``callback`` (the host is not in the loop), per-sample generator lists and CPU generators
+(their draws cross from the host), a device other than CUDA, samplers with adaptive steps. The model must not read
+values on the host (``.item()``, a CPU tensor moved over, data-dependent branches): the last warm-up run, with
+PyTorch's synchronizations made errors, refuses such a model before any capture. Should a capture itself fail,
+the generators it touched are restored; PyTorch's caching allocator may still count that capture as running (it
+then reclaims memory freed on other streams late), so a long-running process had better restart.
 
-Replays reuse the model's parameters in place: load new weights with ``copy_`` / ``load_state_dict`` (as EMA
-swaps do), not by replacing the module, or capture again with a new :class:`GraphedSampler`.
+Replays reuse the model's parameter storage: load new weights in place (``load_state_dict``, ``copy_``, as EMA
+swaps do). ``.to()``, ``.half()`` or ``load_state_dict(assign=True)`` give the parameters new storage, which a
+graph captured before does not see: :meth:`GraphedSampler.clear` and capture again.
 """
 
 from __future__ import annotations
@@ -33,47 +38,50 @@ from scoresde.utils import Generator
 
 @dataclass
 class _Capture:
-    """One captured loop: what it was captured for (compared by identity) and its static tensors."""
+    """One captured loop: what it was captured for (compared by identity), its graph, static tensors and its own
+    generator."""
 
     sde: LinearSDE
     score_fn: object
-    generator: torch.Generator | None
     shape: tuple[int, ...]
     dtype: torch.dtype
     device: torch.device
     graph: torch.cuda.CUDAGraph
+    generator: torch.Generator  # registered with the graph; loaded with the caller's state around each replay
     x: torch.Tensor  # the graph's input: the starting point is copied here
     out: torch.Tensor  # the graph's output
     nfe: int
 
-    def matches(self, sde, score_fn, generator, shape, dtype, device) -> bool:
-        return (self.sde is sde and self.score_fn is score_fn and self.generator is generator
-                and self.shape == shape and self.dtype == dtype and self.device == device)  # fmt: skip
+    def matches(self, sde, score_fn, shape, dtype, device) -> bool:
+        return (self.sde is sde and self.score_fn is score_fn and self.shape == shape and self.dtype == dtype
+                and self.device == device)  # fmt: skip
 
 
 class GraphedSampler:
     """``sampler`` (a fixed-step :class:`~scoresde.sampling.base.GridSampler`) run as a replayed CUDA graph.
 
-    Called like a sampler: ``GraphedSampler(get_sampler("dpm_solver", steps=10))(sde, score_fn, shape,
-    generator=torch.Generator("cuda").manual_seed(0), device="cuda")``. The first call for a given SDE, model,
-    shape, dtype, device and generator captures (one eager warm-up run, then the capture; neither touches the
-    generator's state); later calls replay. ``captures`` counts the captures made.
+    Called like a sampler: ``graphed = GraphedSampler(get_sampler("dpm_solver", steps=10))``, then
+    ``graphed(sde, score_fn, shape, generator=g, device="cuda")`` per batch. The first call for a given SDE, model
+    (the same objects), shape, dtype and device captures: ``warmup`` eager runs, the last with synchronizations made
+    errors, then the capture; neither changes the caller's generator. Later calls replay. ``captures`` counts the
+    captures made; at most ``max_graphs`` are kept (the least recently used is dropped), :meth:`clear` drops all.
     """
 
-    def __init__(self, sampler: GridSampler, warmup: int = 1):
+    def __init__(self, sampler: GridSampler, warmup: int = 2, max_graphs: int = 8):
         if not (isinstance(sampler, GridSampler) and sampler.capturable):
             raise TypeError(
                 f"a CUDA graph needs a fixed-step sampler whose loop is this library's (pc, euler_maruyama, "
                 f"reverse_diffusion, ancestral, ddim, heun, dpm_solver, unipc, pndm); {type(sampler).__name__} is "
                 "stepped by a solver library or chooses its steps at run time"
             )
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
-            raise ValueError(f"warmup must be an integer >= 1 (eager runs before the capture), got {warmup!r}")
+        for name, value in (("warmup", warmup), ("max_graphs", max_graphs)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         self.sampler = copy.copy(sampler)
         self.sampler.progress = False  # a progress bar would only tick during the capture
-        self.warmup = warmup
+        self.warmup, self.max_graphs = warmup, max_graphs
         self.captures = 0
-        self._graphs: list[_Capture] = []
+        self._graphs: list[_Capture] = []  # most recently used last
 
     def __call__(
         self,
@@ -93,56 +101,74 @@ class GraphedSampler:
         device = _check_generator(generator, _cuda_device(device, x_init))
         self.sampler.check(sde)
         dtype = x_init.dtype if x_init is not None else (self.sampler.dtype or torch.get_default_dtype())
-        entry = next((c for c in self._graphs if c.matches(sde, score_fn, generator, shape, dtype, device)), None)
+        entry = next((c for c in self._graphs if c.matches(sde, score_fn, shape, dtype, device)), None)
         if entry is None:
-            entry = self._capture(sde, score_fn, generator, shape, dtype, device)
+            entry = self._capture(sde, score_fn, shape, dtype, device)
+        self._graphs.remove(entry)
+        self._graphs.append(entry)
+        gen = generator if generator is not None else torch.cuda.default_generators[device.index]
         if x_init is None:
-            x_init = sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype)
+            x_init = sde.prior_sampling(shape, generator=gen, device=device, dtype=dtype)
         entry.x.copy_(x_init)
+        entry.generator.set_state(gen.get_state())  # host-side: the seed and offset the replay starts from
         entry.graph.replay()
+        gen.set_state(entry.generator.get_state())  # advanced by the graph's draws, as the eager loop would
         return SampleResult(samples=entry.out.clone(), nfe=entry.nfe)
 
-    def _capture(self, sde, score_fn, generator, shape, dtype, device) -> _Capture:
-        """Warm up, then capture ``sampler.sample`` on a static input. The generators' states (the device's default
-        one, which PyTorch registers with every capture, and ``generator``) are restored afterwards, so a capture
-        draws nothing the caller can see."""
-        gens = [torch.cuda.default_generators[device.index], *([generator] if generator is not None else [])]
-        states = [g.get_state() for g in gens]
-        x = torch.randn(shape, generator=torch.Generator(device).manual_seed(0), device=device, dtype=dtype)
-        graph = torch.cuda.CUDAGraph()
+    def clear(self) -> None:
+        """Drop every captured graph (and its memory pool); the next call captures again."""
+        self._graphs.clear()
+
+    def _capture(self, sde, score_fn, shape, dtype, device) -> _Capture:
+        """Warm up, then capture ``sampler.sample`` on a static input, drawing from a generator of the capture's own.
+        The device's default generator (PyTorch registers it with every capture; a model may draw from it) is left
+        in the state it had."""
+        default = torch.cuda.default_generators[device.index]
+        state = default.get_state()
+        own = torch.Generator(device)
         stream = torch.cuda.current_stream(device)
+        graph, stage = torch.cuda.CUDAGraph(), "warm-up"
         try:
-            with torch.cuda.device(device), torch.no_grad():
-                self._warm_up(sde, score_fn, x, generator)
-                if generator is not None:
-                    graph.register_generator_state(generator)
+            with torch.cuda.device(device), torch.inference_mode(False), torch.no_grad():
+                x = torch.randn(shape, generator=torch.Generator(device).manual_seed(0), device=device, dtype=dtype)
+                self._warm_up(sde, score_fn, x, own)
+                stage = "capture"
+                graph.register_generator_state(own)
                 model = ModelViews(score_fn, sde)
                 with torch.cuda.graph(graph):
-                    out = self.sampler.sample(sde, model, x, generator, None)
+                    out = self.sampler.sample(sde, model, x, own, None)
+        except torch.OutOfMemoryError:
+            raise
         except RuntimeError as err:
-            torch.cuda.set_stream(stream)  # a failed capture_end skips the graph context's exit, which restores it
             raise RuntimeError(
-                f"{self.sampler.name} could not be captured in a CUDA graph ({err}). The loop or the model reads "
-                "from the host (.item(), a CPU tensor moved to the GPU, a branch on a value); sample without the graph"
+                f"{self.sampler.name} could not be captured in a CUDA graph ({stage} failed: {err}). The loop or the "
+                "model may read from the host (.item(), a CPU tensor moved to the GPU, a branch on a value); sample "
+                "without the graph"
             ) from err
         finally:
-            for gen, state in zip(gens, states, strict=True):
-                _restore(gen, state)
+            torch.cuda.set_stream(stream)  # a failed capture_end skips the graph context's exit, which restores it
+            if stage == "capture":
+                _unstick(default, device)
+            default.set_state(state)
         self.captures += 1
-        entry = _Capture(sde, score_fn, generator, shape, dtype, device, graph, x, out, model.nfe)
+        entry = _Capture(sde, score_fn, shape, dtype, device, graph, own, x, out, model.nfe)
         self._graphs.append(entry)
+        if len(self._graphs) > self.max_graphs:
+            self._graphs.pop(0)
         return entry
 
     def _warm_up(self, sde, score_fn, x, generator) -> None:
-        """``warmup`` eager runs on a side stream (as PyTorch asks before a capture) with synchronizing operations
-        made errors, so that a loop or a model reading from the host is refused before any capture begins."""
+        """``warmup`` eager runs on a side stream (as PyTorch asks before a capture), the last with synchronizing
+        operations made errors: a loop or a model that reads from the host is refused before any capture begins,
+        while one-time work on a first call (compilation, cached constants) is allowed."""
         mode = torch.cuda.get_sync_debug_mode()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         try:
-            _set_sync_debug_mode("error")
             with torch.cuda.stream(side):
-                for _ in range(self.warmup):
+                for k in range(self.warmup):
+                    if k == self.warmup - 1:
+                        _set_sync_debug_mode("error")
                     self.sampler.sample(sde, ModelViews(score_fn, sde), x, generator, None)
         finally:
             _set_sync_debug_mode(mode)
@@ -163,7 +189,7 @@ def _cuda_device(device: torch.device | str | None, x_init: torch.Tensor | None)
 
 
 def _check_generator(generator: Generator, device: torch.device) -> torch.device:
-    """Only the device's own generator can be replayed inside a graph; returns the device with its index."""
+    """Only one generator on the sampling device can feed a graph; returns the device with its index."""
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(
             "a CUDA graph draws from one CUDA generator; per-sample generator lists draw each row on its own "
@@ -177,25 +203,28 @@ def _check_generator(generator: Generator, device: torch.device) -> torch.device
         )
     if not torch.cuda.is_available():
         raise RuntimeError("a CUDA graph needs a CUDA device, and torch.cuda.is_available() is False here")
-    if generator is not None and not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
-        raise ValueError(
-            f"replaying an explicit generator needs CUDAGraph.register_generator_state (PyTorch >= 2.5; this is "
-            f"{torch.__version__}); pass generator=None to draw from the device's default generator"
+    if not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
+        raise RuntimeError(
+            f"a CUDA graph's draws need CUDAGraph.register_generator_state (PyTorch >= 2.5, not {torch.__version__})"
         )
     index = device.index if device.index is not None else gen_device.index
     return torch.device("cuda", torch.cuda.current_device() if index is None else index)
 
 
-def _restore(gen: torch.Generator, state: torch.Tensor) -> None:
-    """Put ``gen`` back to ``state``. A capture that failed half way leaves its generators in capture mode (PyTorch
-    skips the capture's epilogue) and every later draw from them fails; such a generator gets a fresh graph-safe
-    state first, then ``state``'s seed and offset."""
-    gen.set_state(state)
+def _unstick(default: torch.Generator, device: torch.device) -> None:
+    """After a capture that failed half way, PyTorch (<= 2.12) leaves the generators it registered in capture mode
+    (the capture's epilogue is skipped), and every later draw from them, or replay of a graph holding them, fails.
+    The device's default generator is shared by every graph, so it is put back by a trivial capture that succeeds
+    (its epilogue resets the same state object the other graphs hold). Nothing happens where draws still work."""
     try:
-        torch.empty(1, device=gen.device).normal_(generator=gen)  # a probe draw, undone below
+        default.set_state(default.get_state())
+        torch.empty(1, device=device).normal_(generator=default)  # a probe draw; the caller restores the state
     except RuntimeError:
-        gen.graphsafe_set_state(torch.Generator(gen.device).graphsafe_get_state())
-    gen.set_state(state)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                torch.empty(1, device=device).normal_(generator=default)
 
 
 def _set_sync_debug_mode(mode: str | int) -> None:
