@@ -17,6 +17,10 @@ PyTorch's synchronizations made errors, refuses such a model before any capture.
 the generators it touched are restored; PyTorch's caching allocator may still count that capture as running (it
 then reclaims memory freed on other streams late), so a long-running process had better restart.
 
+A model that draws from the default generator itself (dropout left in training mode) does not see its draws
+reproduced as in the eager loop when ``generator=None``: the sampler's draws come from the capture's own generator,
+whose advanced state is then written to the default one.
+
 Replays reuse the model's parameter storage: load new weights in place (``load_state_dict``, ``copy_``, as EMA
 swaps do). ``.to()``, ``.half()`` or ``load_state_dict(assign=True)`` give the parameters new storage, which a
 graph captured before does not see: :meth:`GraphedSampler.clear` and capture again.
@@ -34,6 +38,9 @@ import torch
 from scoresde.sampling.base import GridSampler, ModelViews, SampleResult, StepCallback
 from scoresde.sde import LinearSDE
 from scoresde.utils import Generator
+
+#: Graphs whose capture failed, kept alive: PyTorch's allocator may still hold a filter that refers to them.
+_FAILED_CAPTURES: list[torch.cuda.CUDAGraph] = []
 
 
 @dataclass
@@ -117,39 +124,43 @@ class GraphedSampler:
 
     def clear(self) -> None:
         """Drop every captured graph (and its memory pool); the next call captures again."""
+        if self._graphs:
+            torch.cuda.synchronize()  # no replay may still be running on memory a dropped graph releases
         self._graphs.clear()
 
     def _capture(self, sde, score_fn, shape, dtype, device) -> _Capture:
-        """Warm up, then capture ``sampler.sample`` on a static input, drawing from a generator of the capture's own.
-        The device's default generator (PyTorch registers it with every capture; a model may draw from it) is left
-        in the state it had."""
-        default = torch.cuda.default_generators[device.index]
-        state = default.get_state()
-        own = torch.Generator(device)
-        stream = torch.cuda.current_stream(device)
-        graph, stage = torch.cuda.CUDAGraph(), "warm-up"
-        try:
-            with torch.cuda.device(device), torch.inference_mode(False), torch.no_grad():
-                x = torch.randn(shape, generator=torch.Generator(device).manual_seed(0), device=device, dtype=dtype)
-                self._warm_up(sde, score_fn, x, own)
-                stage = "capture"
-                graph.register_generator_state(own)
-                model = ModelViews(score_fn, sde)
-                with torch.cuda.graph(graph):
-                    out = self.sampler.sample(sde, model, x, own, None)
-        except torch.OutOfMemoryError:
-            raise
-        except RuntimeError as err:
-            raise RuntimeError(
-                f"{self.sampler.name} could not be captured in a CUDA graph ({stage} failed: {err}). The loop or the "
-                "model may read from the host (.item(), a CPU tensor moved to the GPU, a branch on a value); sample "
-                "without the graph"
-            ) from err
-        finally:
-            torch.cuda.set_stream(stream)  # a failed capture_end skips the graph context's exit, which restores it
-            if stage == "capture":
-                _unstick(default, device)
-            default.set_state(state)
+        """Warm up, then capture ``sampler.sample`` on a static input, drawing from a generator of the capture's own,
+        on a stream of the device's own. The device's default generator (PyTorch registers it with every capture; a
+        model may draw from it) is left in the state it had; after a failure, so are the current stream and device."""
+        with torch.cuda.device(device):
+            default = torch.cuda.default_generators[device.index]
+            state, stream = default.get_state(), torch.cuda.current_stream()
+            own, graph, stage, failed = torch.Generator(device), torch.cuda.CUDAGraph(), "warm-up", True
+            try:
+                with torch.inference_mode(False), torch.no_grad():
+                    x = torch.randn(shape, generator=torch.Generator(device).manual_seed(0), device=device, dtype=dtype)
+                    self._warm_up(sde, score_fn, x, own)
+                    stage = "capture"
+                    graph.register_generator_state(own)
+                    model = ModelViews(score_fn, sde)
+                    with torch.cuda.graph(graph, stream=torch.cuda.Stream()):
+                        out = self.sampler.sample(sde, model, x, own, None)
+                failed = False
+            except torch.OutOfMemoryError:
+                raise
+            except RuntimeError as err:
+                raise RuntimeError(
+                    f"{self.sampler.name} could not be captured in a CUDA graph ({stage} failed: {err}). The loop or "
+                    "the model may read from the host (.item(), a CPU tensor moved to the GPU, a branch on a value); "
+                    "sample without the graph"
+                ) from err
+            finally:
+                if failed:
+                    torch.cuda.set_stream(stream)  # a failed capture_end skips the graph context's exit
+                    if stage == "capture":
+                        _FAILED_CAPTURES.append(graph)  # PyTorch's allocator may still refer to it
+                        _unstick(default)
+                default.set_state(state)
         self.captures += 1
         entry = _Capture(sde, score_fn, shape, dtype, device, graph, own, x, out, model.nfe)
         self._graphs.append(entry)
@@ -203,6 +214,7 @@ def _check_generator(generator: Generator, device: torch.device) -> torch.device
         )
     if not torch.cuda.is_available():
         raise RuntimeError("a CUDA graph needs a CUDA device, and torch.cuda.is_available() is False here")
+    torch.cuda.init()  # torch.cuda.default_generators is empty before
     if not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
         raise RuntimeError(
             f"a CUDA graph's draws need CUDAGraph.register_generator_state (PyTorch >= 2.5, not {torch.__version__})"
@@ -211,20 +223,29 @@ def _check_generator(generator: Generator, device: torch.device) -> torch.device
     return torch.device("cuda", torch.cuda.current_device() if index is None else index)
 
 
-def _unstick(default: torch.Generator, device: torch.device) -> None:
+def _unstick(default: torch.Generator) -> None:
     """After a capture that failed half way, PyTorch (<= 2.12) leaves the generators it registered in capture mode
     (the capture's epilogue is skipped), and every later draw from them, or replay of a graph holding them, fails.
-    The device's default generator is shared by every graph, so it is put back by a trivial capture that succeeds
-    (its epilogue resets the same state object the other graphs hold). Nothing happens where draws still work."""
+    The current device's default generator is shared by every graph, so it is put back by a trivial capture that
+    succeeds (its epilogue resets the same state object the other graphs hold), begun and ended directly (the graph
+    context would empty the allocator's cache, which PyTorch < 2.8 refuses while a failed capture is listed).
+    Nothing happens where draws still work; this never raises over the capture's own error."""
+    probe = torch.empty(1, device=default.device)
     try:
-        default.set_state(default.get_state())
-        torch.empty(1, device=device).normal_(generator=default)  # a probe draw; the caller restores the state
+        probe.normal_(generator=default)
+        return
     except RuntimeError:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                torch.empty(1, device=device).normal_(generator=default)
+        pass
+    try:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.stream(torch.cuda.Stream()):
+            graph.capture_begin()
+            try:
+                probe.normal_(generator=default)
+            finally:
+                graph.capture_end()
+    except RuntimeError:
+        pass
 
 
 def _set_sync_debug_mode(mode: str | int) -> None:
