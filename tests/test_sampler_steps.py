@@ -206,6 +206,28 @@ def test_corrector_steps_with_fixed_noise(name, corrector):
     _close(got, pc_chain(reverse_diffusion_step, name, score, x, 2, _drawer(6), 0.16, 2, annealed))
 
 
+@pytest.mark.parametrize("corrector", ["langevin", "annealed_langevin"])
+def test_correctors_take_a_per_sample_alpha(corrector):
+    """The public correctors accept ``alpha_{t|s}^2`` per sample, shape ``(B,)``: after one step, row ``b`` equals a
+    call with the number ``alpha_b^2`` on the same batch and noise (Langevin's level, a batch mean at the starting
+    point, is the same in both calls)."""
+    from scoresde.sampling.correctors import CORRECTORS
+
+    sde = SDE_FACTORIES["vp"]()
+    score = MIX.score_fn(sde)
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    t = torch.full((4,), 0.4, dtype=torch.float64)
+    alpha_sq = torch.tensor([0.99, 0.9, 0.5, 1.0], dtype=torch.float64)
+    correct = CORRECTORS[corrector]
+    got, got_mean = correct(sde, score, x, t, alpha_sq, 0.16, 1, torch.Generator().manual_seed(2))
+    for b in range(4):
+        row, row_mean = correct(sde, score, x, t, float(alpha_sq[b]), 0.16, 1, torch.Generator().manual_seed(2))
+        torch.testing.assert_close(got[b], row[b], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got_mean[b], row_mean[b], rtol=1e-12, atol=1e-12)
+    first, _ = correct(sde, score, x, t, float(alpha_sq[0]), 0.16, 1, torch.Generator().manual_seed(2))
+    assert not torch.allclose(got[2], first[2])  # row 2 did not use row 0's alpha
+
+
 @pytest.mark.parametrize("eta", [0.5, 1.0])
 @pytest.mark.parametrize("name", SDES)
 def test_ddim_eta_steps_with_fixed_noise(name, eta):
