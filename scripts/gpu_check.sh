@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run on a lent GPU machine (its python3 has CUDA PyTorch): CUDA tests and GPU benchmarks.
-# Usage: bash scripts/gpu_check.sh {tests|bench|samplers|cuda|custom CMD...}; wheels of missing pure-Python deps in .whl/ are installed first.
+# Usage: bash scripts/gpu_check.sh {tests|bench|samplers|cuda|custom CMD...}; wheels of missing pure-Python deps in .whl/
+# (made here by scripts/gpu_wheels.sh; carry .whl, and outputs/main for the cuda target) are installed first.
 set -uo pipefail
 out="${OUT:-/tmp/gpu_out}"; mkdir -p "$out"
 if ls .whl/*.whl >/dev/null 2>&1; then
