@@ -16,6 +16,7 @@ import torch
 from scoresde.distributed import DistInfo, gather_to_main, interleave, my_share
 from scoresde.sampling import GraphedSampler, Sampler
 from scoresde.sampling.base import progress_iter
+from scoresde.sampling.graphs import cuda_device
 from scoresde.sde import ScoreFn
 from scoresde.utils import derived_seed
 
@@ -69,11 +70,7 @@ def generate(
     graphed, loop_gen = None, None
     if cuda_graph:  # refused here, before any batch, where the sampler or the device cannot be graphed
         graphed = GraphedSampler(sampler)
-        if torch.device(device).type != "cuda":
-            raise ValueError(f"cuda_graph needs a CUDA device, got device={str(device)!r}")
-        if not torch.cuda.is_available():
-            raise RuntimeError("cuda_graph needs a CUDA device, and torch.cuda.is_available() is False here")
-        loop_gen = torch.Generator(device)
+        loop_gen = torch.Generator(cuda_device(device))
 
     def batch(start: int, stop: int) -> tuple[torch.Tensor, int]:
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds[start:stop]]

@@ -313,12 +313,12 @@ def test_generate_and_sample_job_refuse_graphs_they_cannot_run(tmp_path):
     def model(x, t):
         raise AssertionError("no model call expected")
 
-    with pytest.raises(ValueError, match="cuda_graph needs a CUDA device, got device='cpu'"):
+    with pytest.raises(ValueError, match="a CUDA graph samples on a CUDA device, got device='cpu'"):
         generate(model, sde, (2,), 4, get_sampler("ddim", steps=3), device="cpu", cuda_graph=True)
     with pytest.raises(TypeError, match="fixed-step sampler"):
         generate(model, sde, (2,), 4, get_sampler("ode"), device="cuda", cuda_graph=True)
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="cuda_graph needs a CUDA device, and torch.cuda.is_available"):
+        with pytest.raises(RuntimeError, match="a CUDA graph needs a CUDA device, and torch.cuda.is_available"):
             generate(model, sde, (2,), 4, get_sampler("ddim", steps=3), device="cuda", cuda_graph=True)
 
     def run(*overrides):

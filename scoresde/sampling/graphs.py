@@ -105,7 +105,7 @@ class GraphedSampler:
             raise ValueError("a CUDA graph runs the whole loop without the host: no per-step callback (pass None)")
         if x_init is not None and tuple(x_init.shape) != shape:
             raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {shape}")
-        device = _check_generator(generator, _cuda_device(device, x_init))
+        device = cuda_device(device, x_init, generator)
         self.sampler.check(sde)
         dtype = x_init.dtype if x_init is not None else (self.sampler.dtype or torch.get_default_dtype())
         entry = next((c for c in self._graphs if c.matches(sde, score_fn, shape, dtype, device)), None)
@@ -187,6 +187,14 @@ class GraphedSampler:
 
     def __repr__(self) -> str:
         return f"GraphedSampler({self.sampler!r})"
+
+
+def cuda_device(
+    device: torch.device | str | None = None, x_init: torch.Tensor | None = None, generator: Generator = None
+) -> torch.device:
+    """The indexed CUDA device a graph samples on (``device``, else ``x_init``'s, else ``cuda``), checked with the
+    generator that feeds it: a ``ValueError`` naming what cannot be graphed, a ``RuntimeError`` without CUDA."""
+    return _check_generator(generator, _cuda_device(device, x_init))
 
 
 def _cuda_device(device: torch.device | str | None, x_init: torch.Tensor | None) -> torch.device:
