@@ -140,6 +140,19 @@ def test_nfe_formulas_for_fixed_step_samplers():
     assert run("unipc", steps=10, unic=False, denoise=False) == 10
     assert run("ddim", steps=10, denoise=False) == 10
     assert run("sdeint", steps=10) == 11
+    # PNDM's pseudo Runge-Kutta warm-up (4 calls a step) takes the first min(steps, 3) steps
+    assert [run("pndm", steps=k, denoise=False) for k in (1, 2, 3, 4)] == [4, 8, 12, 13]
+
+
+@pytest.mark.parametrize("grid", ["quadratic", "edm", "logsnr", "logistic"])
+@pytest.mark.parametrize("method", ["euler", "milstein"])
+def test_sdeint_takes_one_step_per_interval_of_any_grid(grid, method):
+    """One score call per grid interval on non-uniform grids too: the solver's step is the longest interval in
+    float64 (in float32 it rounded below it on half the grids, adding a ~1e-8 step and a call)."""
+    mix, sde = eight_gaussians_mixture(), VPSDE()
+    for steps in (3, 6, 10, 20):
+        sampler = get_sampler("sdeint", steps=steps, grid=grid, method=method, denoise=False)
+        assert sampler(sde, mix.score_fn(sde), (2, 2), generator=torch.Generator().manual_seed(0)).nfe == steps
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -152,6 +165,25 @@ def test_ten_steps_finite_on_every_sde(sde, name):
     res = get_sampler(name, **options)(sde, mix.score_fn(sde), (256, 2), generator=torch.Generator().manual_seed(3))
     assert torch.isfinite(res.samples).all()
     assert float(res.samples.std()) < 5  # and not wildly off (the data std is 2)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_bad_starting_points_and_wrong_shaped_outputs_are_named(name):
+    """A NaN or integer ``x_init`` is refused before any model call; a model whose output does not have ``x``'s
+    shape (``(B, 1)`` for ``(B, 3)`` would broadcast into wrong samples) at its first call."""
+    sde, calls = VPSDE(), []
+    sampler = get_sampler(name, **({} if name.startswith("ode") else {"steps": 3}))
+
+    def counted(x, t):
+        calls.append(1)
+        return -x
+
+    for bad, match in ((torch.full((4, 3), float("nan")), "NaN"), (torch.ones(4, 3, dtype=torch.long), "floating")):
+        with pytest.raises(ValueError, match=match):
+            sampler(sde, counted, (4, 3), x_init=bad)
+    assert not calls
+    with pytest.raises(ValueError, match=r"output has shape \(4, 1\), expected x's \(4, 3\)"):
+        sampler(sde, lambda x, t: -x[:, :1], (4, 3), generator=torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("name", ALL)

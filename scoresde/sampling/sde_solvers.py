@@ -132,7 +132,7 @@ class SDEIntSampler(GridSampler):
         # the end), and any other grid one call per interval (one step each). The Brownian motion is shared.
         ts = (sde.T - grid.to(torch.float64)).clamp(0.0, span).tolist()
         ts[0], ts[-1] = 0.0, span
-        gaps = torch.tensor(ts).diff()
+        gaps = torch.tensor(ts, dtype=torch.float64).diff()  # float32 gaps round the longest below its interval
         if torch.allclose(gaps, gaps.mean(), rtol=1e-9, atol=0):
             ts = [0.0, span]
         options = {"grad_free": True} if self.method == "milstein" else None
