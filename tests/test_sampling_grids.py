@@ -214,6 +214,22 @@ def test_fit_refuses_stochastic_samplers_and_one_step():
             optimize_grid(sde, mix.score_fn(sde), sampler, x)
     with pytest.raises(ValueError, match="interior"):
         optimize_grid(sde, mix.score_fn(sde), get_sampler("ddim", steps=1), x)
+    for bad, match in ((torch.full((8, 2), float("nan"), dtype=F64), "NaN"), (torch.zeros(8, 2, dtype=torch.long),
+                       "floating"), (torch.zeros(3, 2, dtype=F64), "at least 4")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            optimize_grid(sde, _no_calls, get_sampler("ddim", steps=4), bad)
+
+
+def test_fit_resolves_pc_defaults_with_the_sde():
+    """``pc`` with its predictor / corrector left to the SDE: on VP the defaults (Euler–Maruyama, no corrector) on
+    the probability flow are deterministic, so a grid is fitted; on VE the default Langevin corrector draws noise."""
+    mix, x = eight_gaussians_mixture(), torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    sampler = get_sampler("pc", steps=4, probability_flow=True)
+    sde = VPSDE()
+    grid = optimize_grid(sde, mix.score_fn(sde), sampler, sde.prior_sampling((8, 2), dtype=F64), max_evals=20)
+    assert len(grid) == 5 and grid[0] == sde.T and bool((grid.diff() < 0).all())
+    with pytest.raises(ValueError, match="deterministic"):
+        optimize_grid(VESDE(), _no_calls, sampler, x)
 
 
 class ShiftedScore(torch.nn.Module):

@@ -107,7 +107,8 @@ def _check_sampler(cfg: SampleConfig, sampler, inverse: bool) -> None:
         from scoresde.sampling import GridSampler
         from scoresde.sampling.fitted_grids import is_deterministic
 
-        if not (isinstance(sampler, GridSampler) and is_deterministic(sampler)):
+        per_sde = None in (getattr(sampler, "predictor", ""), getattr(sampler, "corrector", ""))  # fit_grid decides
+        if not (isinstance(sampler, GridSampler) and (per_sde or is_deterministic(sampler))):
             raise ConfigError(f"fit_grid=true needs a deterministic fixed-step sampler, not {sampler!r}")
     if cfg.cuda_graph:
         from scoresde.sampling.graphs import GraphedSampler

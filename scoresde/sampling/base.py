@@ -149,6 +149,14 @@ _CONVERSIONS = {
 }
 
 
+def _shaped_like(out: torch.Tensor, x: torch.Tensor, view: str) -> torch.Tensor:
+    """``out`` when it has ``x``'s shape; else a ``ValueError`` (broadcasting a ``(B, 1)`` output against ``(B, D)``
+    would silently give wrong samples and log-likelihoods)."""
+    if out.shape != x.shape:
+        raise ValueError(f"the model's {view} output has shape {tuple(out.shape)}, expected x's {tuple(x.shape)}")
+    return out
+
+
 class ModelViews:
     """Score, noise prediction and data prediction of one model for one SDE; every call counts one NFE.
 
@@ -193,19 +201,19 @@ class ModelViews:
         t = self._time(x, t)
         native, fn = self._route[view]
         if native == view:
-            return 0.0, 1.0, fn(x, t)
+            return 0.0, 1.0, _shaped_like(fn(x, t), x, native)
         alpha, sigma = self._scales(x, t, alpha, sigma)
-        return (*_CONVERSIONS[view, native](alpha, sigma), fn(x, t))
+        return (*_CONVERSIONS[view, native](alpha, sigma), _shaped_like(fn(x, t), x, native))
 
     def own(self, view: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The model's own function that ``view`` is computed from, each call counted as one NFE: for a loop that
         folds the conversion into its step coefficients once per grid (:meth:`fold`) and calls it with ``(B,)``
         times (no time check, routing or conversion per call)."""
-        fn = self._route[view][1]
+        native, fn = self._route[view]
 
         def counted(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             self.nfe += 1
-            return fn(x, t)
+            return _shaped_like(fn(x, t), x, native)
 
         return counted
 
@@ -224,7 +232,7 @@ class ModelViews:
         native, fn = self._route[view]
         if native == view:  # the model's own output: no conversion (the common case, kept short)
             self.nfe += 1
-            return fn(x, self._time(x, t))
+            return _shaped_like(fn(x, self._time(x, t)), x, native)
         p, q, out = self.linear(view, x, t, alpha, sigma)
         if not isinstance(p, torch.Tensor) and p == 0:  # score <-> eps: a rescaling of the output alone
             return scale(out, q)
@@ -279,6 +287,18 @@ def tweedie_denoise(sde: LinearSDE, model, x: torch.Tensor, t: float | torch.Ten
     return as_views(model, sde).x0(x, t)
 
 
+def check_x_init(x_init, shape: Sequence[int]) -> None:
+    """A starting point must be a floating tensor of ``shape`` with finite values; else a ``ValueError`` naming the
+    problem before any model call (one host read of a reduction: a synchronization on an accelerator)."""
+    if not isinstance(x_init, torch.Tensor) or not x_init.is_floating_point():
+        got = x_init.dtype if isinstance(x_init, torch.Tensor) else type(x_init).__name__
+        raise ValueError(f"x_init must be a floating-point tensor, got {got}")
+    if tuple(x_init.shape) != tuple(shape):
+        raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {tuple(shape)}")
+    if not bool(torch.isfinite(x_init).all()):
+        raise ValueError("x_init contains NaN or inf")
+
+
 def initial_state(
     sde: LinearSDE,
     shape: Sequence[int],
@@ -289,8 +309,7 @@ def initial_state(
 ) -> torch.Tensor:
     """``x_init`` (moved to ``device``) or a draw from the prior ``p_T``."""
     if x_init is not None:
-        if tuple(x_init.shape) != tuple(shape):
-            raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {tuple(shape)}")
+        check_x_init(x_init, shape)
         return x_init.to(device=device) if device is not None else x_init
     return sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype)
 

@@ -24,9 +24,10 @@ import scipy.optimize
 import torch
 
 from scoresde.checkpoint import atomic_save
-from scoresde.sampling.base import GridSampler, ModelViews
+from scoresde.sampling.base import GridSampler, ModelViews, check_x_init
 from scoresde.sampling.grids import check_grid
 from scoresde.sampling.ode import ODESampler
+from scoresde.sampling.pc import pc_settings
 from scoresde.sde import LinearSDE
 
 CACHE_VERSION = 1
@@ -45,14 +46,19 @@ class GridFit:
     improved: bool
 
 
-def is_deterministic(sampler: GridSampler) -> bool:
-    """Whether ``sampler`` solves the probability-flow ODE (no noise draws)."""
+def is_deterministic(sampler: GridSampler, sde: LinearSDE | None = None) -> bool:
+    """Whether ``sampler`` solves the probability-flow ODE (no noise draws). ``pc``'s predictor and corrector left
+    to the SDE's defaults (``None``) are resolved with ``sde``'s (without it they count as not deterministic)."""
     if isinstance(sampler, ODESampler):
         return sampler.method not in ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
     noisy = getattr(sampler, "eta", 0.0) > 0 or getattr(sampler, "s_churn", 0.0) > 0
     if hasattr(sampler, "predictor"):  # predictor-corrector family: only the probability-flow predictors
-        pc_det = getattr(sampler, "probability_flow", False) and getattr(sampler, "corrector", None) in (None, "none")
-        return pc_det and sampler.predictor not in ("ancestral", None)
+        predictor, corrector = sampler.predictor, getattr(sampler, "corrector", "none")
+        if sde is not None and (predictor is None or corrector is None):
+            settings = pc_settings(sde, predictor, corrector, None)
+            predictor, corrector = settings["predictor"], settings["corrector"]
+        pc_det = getattr(sampler, "probability_flow", False) and corrector == "none"
+        return pc_det and predictor not in ("ancestral", None)
     return sampler.name not in ("sdeint",) and not noisy
 
 
@@ -74,10 +80,12 @@ def theta_of_grid(sde: LinearSDE, grid: torch.Tensor) -> np.ndarray:
 
 def _check_fit_inputs(sde: LinearSDE, sampler: GridSampler, x_init: torch.Tensor, heldout: float) -> torch.Tensor:
     """Refuse what cannot be fitted, before any model call; the sampler's start grid otherwise."""
-    if not isinstance(sampler, GridSampler) or not is_deterministic(sampler):
+    if not isinstance(sampler, GridSampler) or not is_deterministic(sampler, sde):
         raise ValueError(f"a grid can be fitted only for a deterministic fixed-step sampler, got {sampler!r}")
-    if x_init.ndim < 2 or x_init.shape[0] < 4:
-        raise ValueError(f"x_init must be a batch of at least 4 start points, got shape {tuple(x_init.shape)}")
+    if not isinstance(x_init, torch.Tensor) or x_init.ndim < 2 or x_init.shape[0] < 4:
+        got = tuple(x_init.shape) if isinstance(x_init, torch.Tensor) else type(x_init).__name__
+        raise ValueError(f"x_init must be a batch of at least 4 start points, got {got}")
+    check_x_init(x_init, x_init.shape)
     if not 0 < heldout < 1:
         raise ValueError(f"heldout must be a fraction in (0, 1), got {heldout}")
     start = sampler.time_grid(sde)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from scoresde.sampling.base import GridSampler, ModelViews, SampleResult, StepCallback
+from scoresde.sampling.base import GridSampler, ModelViews, SampleResult, StepCallback, check_x_init
 from scoresde.sde import LinearSDE
 from scoresde.utils import Generator
 
@@ -103,8 +103,8 @@ class GraphedSampler:
         shape = tuple(int(s) for s in shape)
         if callback is not None:
             raise ValueError("a CUDA graph runs the whole loop without the host: no per-step callback (pass None)")
-        if x_init is not None and tuple(x_init.shape) != shape:
-            raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {shape}")
+        if x_init is not None:
+            check_x_init(x_init, shape)
         device = cuda_device(device, x_init, generator)
         self.sampler.check(sde)
         dtype = x_init.dtype if x_init is not None else (self.sampler.dtype or torch.get_default_dtype())
