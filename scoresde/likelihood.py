@@ -42,7 +42,7 @@ import torch
 import torchdiffeq
 
 from scoresde.sampling.base import CountingScore, progress_iter
-from scoresde.sampling.ode import ADAPTIVE, FIXED
+from scoresde.sampling.ode import ADAPTIVE, FIXED, check_tolerances
 from scoresde.sde import ScoreFn
 from scoresde.utils import Generator, flat_dim, rand, randn, sum_except_batch
 
@@ -197,7 +197,7 @@ class ProbabilityFlowDivergence:
             raise ValueError(f"unknown divergence '{divergence}'; choose one of {', '.join(DIVERGENCES)}")
         if divergence != "exact" and probe is None:
             raise ValueError(f"divergence '{divergence}' needs a probe tensor shaped like x")
-        self.score = CountingScore(score_fn)
+        self.score = CountingScore(score_fn, sde)  # a model offering only x0_hat / eps_hat: its score view
         self.sde = sde
         self.drift_fn = sde.reverse(self.score, probability_flow=True).sde
         self.shape = tuple(int(s) for s in shape)
@@ -291,7 +291,7 @@ def draw_probe(
     raise ValueError(f"unknown divergence '{divergence}'; choose one of {', '.join(DIVERGENCES)}")
 
 
-def _check_likelihood_inputs(sde, x: torch.Tensor, eps: float, method: str, options) -> None:
+def _check_likelihood_inputs(sde, x: torch.Tensor, eps: float, method: str, options, rtol, atol) -> None:
     """Refuse bad input of :func:`log_likelihood` before any work, naming the problem."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2:
         raise ValueError(f"x must be a floating tensor shaped (B, ...), got {getattr(x, 'shape', type(x))}")
@@ -299,6 +299,7 @@ def _check_likelihood_inputs(sde, x: torch.Tensor, eps: float, method: str, opti
         raise ValueError("x contains NaN or inf")
     if not 0 < eps < sde.T:
         raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}), got {eps}")
+    check_tolerances(rtol, atol)
     if method in FIXED and not (options and ("step_size" in options or "grid_constructor" in options)):
         raise ValueError(f"fixed-grid method '{method}' needs options={{'step_size': h}}; it would take one step")
 
@@ -362,7 +363,7 @@ def log_likelihood(
             cheapest too. Unused by ``t`` and ``lambda``.
     """
     time_variable = time_variable if time_variable is not None else default_time_variable(sde, options)
-    _check_likelihood_inputs(sde, x, eps, method, options)
+    _check_likelihood_inputs(sde, x, eps, method, options, rtol, atol)
     coords = Coordinates(sde, time_variable, sigma_data)  # refuses an unknown time_variable or a bad sigma_data
     solver_dtype = dtype or x.dtype
     ends = torch.tensor([eps, sde.T], dtype=torch.float64)

@@ -74,6 +74,31 @@ def test_exact_divergence_matches_mixture_density(name, dim, time_variable):
     assert (sde.prior_logp(res.z) - mix.log_prob(res.z, sde.T, sde)).abs().mean() > 1e-3
 
 
+@pytest.mark.parametrize("view", ["x0_hat", "eps_hat"])
+@pytest.mark.parametrize("name", ["vp", "ve"])
+def test_a_model_offering_only_x0_hat_or_eps_hat_gives_the_score_functions_logp(name, view):
+    """A denoiser or noise predictor without a score view is converted through the SDE (x0_hat = (x + sigma^2 s) /
+    alpha, eps_hat = -sigma s): the same log-likelihood as the exact score to round-off, and the exact density."""
+    sde = SDES[name]()
+    mix = random_mixture(3, n_components=2, seed=0)
+    score = mix.score_fn(sde)
+
+    class OneView:
+        def x0_hat(self, x, t):
+            return mix.denoiser(x, t, sde)
+
+        def eps_hat(self, x, t):
+            return -sde.marginal_std(t)[:, None] * score(x, t)
+
+    model = OneView()
+    setattr(OneView, "eps_hat" if view == "x0_hat" else "x0_hat", None)  # the model has only `view`
+    x = mix.sample(4, _gen(0)).double()
+    ref = log_likelihood(sde, score, x, divergence="exact", rtol=1e-8, atol=1e-8)
+    res = log_likelihood(sde, model, x, divergence="exact", rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(res.logp, ref.logp, rtol=0, atol=1e-9)
+    assert (res.logp - _exact_logp(mix, sde, x, res.z)).abs().max() < 1e-3
+
+
 @pytest.mark.parametrize("name", ["vp", "subvp", "ve"])
 def test_lambda_time_variable_matches_mixture_density(name):
     """In ``lambda`` with the state ``x / alpha`` (and the ``D log alpha`` terms at both ends) the exact-divergence
@@ -419,6 +444,9 @@ def test_dataparallel_wrapper_is_unwrapped_and_nested_one_rejected():
         (dict(method="rk4"), "step_size"),
         (dict(eps=0.0), "eps"),
         (dict(eps=1.5), "eps"),
+        (dict(rtol=-1.0), "rtol"),
+        (dict(atol=0.0), "atol"),
+        (dict(rtol=float("nan")), "rtol"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -435,6 +463,8 @@ def test_bad_data():
         log_likelihood(sde, fn, torch.tensor([[0.0, float("nan")]]))
     with pytest.raises(ValueError, match="floating"):
         log_likelihood(sde, fn, torch.zeros(2, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"output has shape \(2, 1\)"):  # would broadcast into a wrong logp
+        log_likelihood(sde, lambda x, t: fn(x, t)[:, :1], torch.zeros(2, 2), divergence="exact")
     assert set(DIVERGENCES) == {"hutchinson_gaussian", "hutchinson_rademacher", "exact"}
 
 
