@@ -5,7 +5,9 @@ float or ``(B,)``) is ``alpha_{t|s}^2 = (alpha_t / alpha_s)^2`` of the step the 
 ``1 - beta_i`` for VP, 1 for VE; the reference's ``alpha``), computed by the caller from the SDE, so the
 correctors work on every SDE (the reference's crashes on sub-VP). As in the reference code, the norms in
 ``langevin``'s step-size rule are averaged over the batch (per-sample norms blow up in low dimension, where
-``||score||`` can be near 0); ``annealed_langevin`` is per sample.
+``||score||`` can be near 0: on the 2-D ring half the samples of a 1000-step VE run, measured); ``annealed_langevin``
+is per sample. So ``langevin`` couples the batch: with per-sample generators a sample still depends on the batch it
+is drawn in (the one exception, with the adaptive ODE solvers, to the contract's batch-size invariance).
 """
 
 from __future__ import annotations
