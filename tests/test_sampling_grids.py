@@ -22,7 +22,7 @@ from scoresde.sampling import (
     time_grid,
 )
 from scoresde.sampling.base import GridSampler
-from scoresde.sde import VESDE, VPSDE, LinearSDE
+from scoresde.sde import EDMSDE, VESDE, VPSDE, LinearSDE
 
 F64 = torch.float64
 FIXED_STEP = sorted(n for n, cls in SAMPLERS.items() if issubclass(cls, GridSampler) and n != "ode")
@@ -167,6 +167,31 @@ def test_sde_eps_is_the_default_final_time():
     get_sampler("ode", method="euler", steps=3)(sde, lambda x, t: seen.append(float(t[0])) or mix.score(x, t, sde),
                                                  (2, 2))  # fmt: skip
     assert min(seen) == pytest.approx(0.01)  # the final denoising step is at the SDE's final time
+
+
+@pytest.mark.parametrize("name", ["ddim", "pndm", "pc", "euler_maruyama", "sdeint"])
+def test_equal_steps_in_time_are_the_sdes_own_choice(name):
+    """Samplers defaulting to ``uniform`` take ``sde.uniform_time_grid``: EDM's rho = 7 grid on EDM's SDE, where time
+    is the noise level, and equal steps in t elsewhere; a grid the caller names is kept."""
+    edm, vp = EDMSDE(), VPSDE()
+    assert torch.equal(get_sampler(name, steps=6).time_grid(edm), get_sampler(name, steps=6, grid="edm").time_grid(edm))
+    assert torch.equal(
+        get_sampler(name, steps=6).time_grid(vp), get_sampler(name, steps=6, grid="uniform").time_grid(vp)
+    )
+    uniform = get_sampler(name, steps=6, grid="uniform").time_grid(edm)
+    torch.testing.assert_close(uniform.diff(), torch.full((6,), (0.002 - 80.0) / 6, dtype=F64))
+
+
+def test_ddim_on_edms_sde_converges_on_its_default_grid():
+    """DDIM (first order) on EDM's SDE, 80 steps, a 3-D mixture, 64 prior draws against DOP853 at 1e-10: RMS error
+    1.9e-2 on the default (EDM's) grid, 0.28 on equal steps in sigma (measured); asserted < 0.05 and 5x apart."""
+    sde, mix = EDMSDE(), random_mixture(3, 2, seed=0)
+    x0 = sde.prior_sampling((64, 3), generator=torch.Generator().manual_seed(0), dtype=F64)
+    run = lambda name, **o: get_sampler(name, denoise=False, **o)(sde, mix.score_fn(sde), x0.shape, x_init=x0).samples  # noqa: E731
+    ref = run("ode_scipy", method="DOP853", rtol=1e-10, atol=1e-10)
+    err = lambda out: float((out - ref).pow(2).mean().sqrt())  # noqa: E731
+    default, uniform = err(run("ddim", steps=80)), err(run("ddim", steps=80, grid="uniform"))
+    assert default < 0.05 and uniform > 5 * default, (default, uniform)
 
 
 # --- fitted grids ---------------------------------------------------------------------------------------------------

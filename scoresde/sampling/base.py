@@ -452,8 +452,12 @@ class GridSampler(Sampler):
         self.denoise, self.progress, self.dtype = bool(denoise), progress, dtype
 
     def time_grid(self, sde: LinearSDE) -> torch.Tensor:
-        """The float64 CPU times this sampler runs on for ``sde``."""
-        return resolve_grid(sde, self.grid, self.steps, self.eps, self.default_grid, self.default_steps,
+        """The float64 CPU times this sampler runs on for ``sde``: its grid, else its default grid, where a default of
+        equal steps in time is the SDE's own choice of them (``sde.uniform_time_grid``: EDM's grid on EDM's SDE)."""
+        default = self.default_grid
+        if default == "uniform":
+            default = getattr(sde, "uniform_time_grid", "uniform")
+        return resolve_grid(sde, self.grid, self.steps, self.eps, default, self.default_steps,
                             getattr(self, "rho", 7.0))  # fmt: skip
 
     def check(self, sde: LinearSDE) -> None:

@@ -143,6 +143,10 @@ class LinearSDE(SDE):
     #: The sampler ``sample.py`` uses when the user names none (``{"name": ..., **options}``): the reference's
     #: predictor-corrector sampler with ``pc_defaults``.
     default_sampler: dict = {"name": "pc"}
+    #: The grid that samplers defaulting to equal steps in time (``uniform``: ddim, pndm, pc, ...) use on this SDE:
+    #: ``uniform`` where ``t`` is a clock of the noise level (VP's, VE's geometric sigmas), EDM's grid where ``t`` is
+    #: the noise level itself (equal steps in sigma from 80 would leave one step below sigma = 0.08).
+    uniform_time_grid: str = "uniform"
 
     # --- the schedule -------------------------------------------------------------------------------
     @abc.abstractmethod

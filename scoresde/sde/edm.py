@@ -20,6 +20,7 @@ class EDMSDE(LinearSDE):
     #: EDM's deterministic sampler (Alg. 2): 17 Heun steps on the rho = 7 grid from 80 to 0.002, then the final
     #: Euler step to sigma = 0 (our Tweedie denoising step): 35 NFE, as in the paper.
     default_sampler = {"name": "heun", "steps": 17, "grid": "edm", "rho": 7.0, "eps": 0.002, "denoise": True}
+    uniform_time_grid = "edm"  # equal steps in t = sigma are nobody's choice (see LinearSDE)
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, N: int = 1000):
         if not 0 < sigma_min < sigma_max:
