@@ -129,13 +129,35 @@ def test_preview_group_cannot_name_a_missing_sampler(tmp_path):
         ("trainer.eval_every=-1", "trainer.eval_every"),
         ("trainer.ema_rate=1.5", "trainer.ema_rate"),
         ("optim.grad_clip=0", "optim.grad_clip"),
+        ("seed=-1", "seed"),
+        ("model.time_scale=0", "model.time_scale"),
+        # options the resolved loss would ignore (model=mlp is EDM-preconditioned, so loss.name=auto is edm)
+        ("loss.weighting=likelihood", "loss.weighting"),
+        ("loss.importance_sampling=true", "loss.importance_sampling"),
+        ("loss.name=ddpm loss.eps=0.5", "loss.eps"),
+        ("loss.name=dsm loss.p_mean=0", "loss.p_mean"),
+        ("loss.weighting=bogus", "loss.weighting"),
+        ("loss.p_std=-1", "loss.p_std"),
+        ("loss.label_dropout=2", "loss.label_dropout"),
+        ("loss.label_dropout=0.3", "loss.label_dropout"),  # an unconditional network
+        ("loss.name=nope", "loss.name"),
     ],
 )
 def test_nonsense_training_settings_are_refused_before_anything(tmp_path, override, key):
     run = tmp_path / "run"
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        train_in_process(run, override)
+        train_in_process(run, *override.split())
     assert not run.exists()
+
+
+def test_loss_options_of_the_resolved_loss_are_accepted(tmp_path):
+    """The refusals above leave what each loss reads: dsm's weighting and importance sampling, edm's p_mean."""
+    from scoresde.training import parse_train_config
+    from scoresde.training.config import check_new_run_config
+
+    for overrides in (("loss.name=dsm", "loss.weighting=likelihood", "loss.importance_sampling=true"),
+                      ("loss.p_mean=-1.0", "loss.p_std=1.0", "loss.eps=1e-3")):  # fmt: skip
+        check_new_run_config(parse_train_config(compose_cfg(*TOY, *overrides)))
 
 
 def test_training_cli_refusal_is_one_line(tmp_path):
@@ -160,6 +182,8 @@ def toy_run(tmp_path_factory):
         ("sample", "n=0", "n=0"),
         ("sample", "batch_size=0", "batch_size=0"),
         ("sample", "first=-1", "first=-1"),
+        ("sample", "seed=-1", "seed=-1"),
+        ("likelihood", "seed=-1", "seed=-1"),
         ("sample", "label=2.7", "label"),
         ("sample", "label=-1", "label=-1"),
         ("sample", "+typo=1", "typo"),

@@ -222,6 +222,23 @@ def test_resume_from_another_run_directory(tmp_path):
     assert all(torch.equal(x[k], y[k]) for k in x)
 
 
+def test_a_new_run_from_another_runs_weights_takes_its_own_optimizer_settings(tmp_path):
+    """trainer.resume=<run> into a new directory with a new learning rate and warm-up: the logged rate follows the
+    new settings from the loaded step (it kept the old run's: 2e-3 on its 100-step warm-up), while a resume of the
+    run's own checkpoint keeps its schedule (the tests above)."""
+    import json
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    train_in_process(a, "trainer.steps=10", "trainer.ckpt_every=10")
+    train_in_process(b, "trainer.steps=20", "trainer.ckpt_every=10", "trainer.log_every=5", f"trainer.resume={a}",
+                     "optim.optimizer.lr=1e-5", "optim.scheduler.lr_lambda.warmup=4")  # fmt: skip
+    rows = [json.loads(line) for line in (b / "metrics.jsonl").read_text().splitlines()]
+    lr = {r["step"]: r["lr"] for r in rows if "lr" in r}
+    assert lr[15] == pytest.approx(1e-5, rel=1e-12) and lr[20] == pytest.approx(1e-5, rel=1e-12), lr
+    state = torch.load(b / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["initial_lr"] == pytest.approx(1e-5)
+
+
 def test_load_model_from_checkpoint_run_dir_and_export(tmp_path):
     """Periodic samples are written; the EMA model comes back from the run directory, the checkpoint and
     ema.safetensors alike (``scoresde.load_model``)."""

@@ -54,6 +54,7 @@ def check(cfg: LikelihoodConfig) -> None:
     require(cfg.n is None or cfg.n >= 1, "n", cfg.n, "must be >= 1, or null for the whole split")
     require(cfg.batch_size >= 1, "batch_size", cfg.batch_size, "must be >= 1")
     require(cfg.repeats >= 1, "repeats", cfg.repeats, "must be >= 1")
+    require(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
     require(cfg.divergence in DIVERGENCES, "divergence", cfg.divergence, f"choose one of {DIVERGENCES}")
     require(cfg.time_variable in TIME_VARIABLES, "time_variable", cfg.time_variable, f"choose one of {TIME_VARIABLES}")
     require(math.isfinite(cfg.sigma_data) and cfg.sigma_data > 0, "sigma_data", cfg.sigma_data, "must be > 0")

@@ -56,6 +56,7 @@ def check(cfg: SampleConfig) -> None:
     require(cfg.n >= 1, "n", cfg.n, "the number of samples must be >= 1")
     require(cfg.batch_size >= 1, "batch_size", cfg.batch_size, "must be >= 1")
     require(cfg.first >= 0, "first", cfg.first, "must be >= 0")
+    require(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
     require(cfg.label is None or cfg.label >= 0, "label", cfg.label, "must be a class index >= 0")
     require(isinstance(cfg.sampler, (dict, str)), "sampler", cfg.sampler, "a sampler name or {name: ..., ...}")
     require(cfg.mask is None or cfg.known is not None, "mask", cfg.mask, "needs known=<images whose masked pixels are "

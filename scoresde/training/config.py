@@ -225,6 +225,48 @@ def check_train_config(cfg: TrainConfig) -> None:
     check_family(cfg)
 
 
+#: The loss options each loss reads (the others would be ignored silently, so a value set away from its default
+#: is refused with the key named).
+_LOSS_READS = {"dsm": ("eps", "weighting", "importance_sampling"), "edm": ("eps", "p_mean", "p_std"),
+               "ddpm": (), "smld": ()}  # fmt: skip
+
+
+def check_new_run_config(cfg: TrainConfig) -> None:
+    """What a new training must not start with, though a stored config holding it still loads: a negative seed,
+    a constant time label, and loss options the loss would ignore (:func:`check_loss_config`)."""
+    from scoresde.schema import require
+
+    require(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
+    require(cfg.model.time_scale > 0, "model.time_scale", cfg.model.time_scale, "must be > 0 (0: a constant label)")
+    check_loss_config(cfg)
+
+
+def check_loss_config(cfg: TrainConfig) -> None:
+    """``loss.*`` values valid for the loss ``loss.name`` resolved to, before anything is written."""
+    from scoresde.losses import WEIGHTINGS
+    from scoresde.schema import require
+
+    c, default = cfg.loss, LossConfig()
+    require(c.name in _LOSS_READS, "loss.name", c.name, f"choose one of {['auto', *_LOSS_READS]}")
+    require(c.eps > 0, "loss.eps", c.eps, "must be > 0")
+    require(c.weighting in WEIGHTINGS, "loss.weighting", c.weighting, f"choose one of {WEIGHTINGS}")
+    require(c.p_std > 0, "loss.p_std", c.p_std, "must be > 0")
+    require(0 <= c.label_dropout < 1, "loss.label_dropout", c.label_dropout, "must lie in [0, 1)")
+    reads = _LOSS_READS[c.name]
+    for key in ("eps", "weighting", "importance_sampling", "p_mean", "p_std"):
+        value = getattr(c, key)
+        why = (f"is not an option of loss.name={c.name} (auto means edm for model.parameterization=edm, else dsm), "
+               f"which reads {', '.join(reads) or 'none of them'}")  # fmt: skip
+        require(key in reads or value == getattr(default, key), f"loss.{key}", value, why)
+    net = cfg.model.net if isinstance(cfg.model.net, dict) else {}
+    require(
+        c.label_dropout == 0 or net.get("num_classes"),
+        "loss.label_dropout",
+        c.label_dropout,
+        "needs a class-conditional network (model.net.num_classes)",
+    )
+
+
 def check_family(cfg: TrainConfig) -> None:
     """``task``, ``latent`` and ``superres`` (diffusion family, issue 16)."""
     from scoresde.nets.superres import UPSAMPLE_MODES

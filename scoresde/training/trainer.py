@@ -14,6 +14,7 @@ import contextlib
 import errno
 import json
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -263,15 +264,19 @@ class Trainer:
             if fit is not None:
                 fit(self.tc.steps)
 
-    def load(self, path: Path) -> None:
+    def load(self, path: Path, own: bool = True) -> None:
+        """The state of the checkpoint at ``path``. ``own``: the run directory's own (the same experiment, resumed
+        as it was); otherwise a new run starting from another run's weights, which keeps their optimizer moments
+        but takes this config's optimizer settings (learning rate, betas, ...) and schedule, at the loaded step."""
         state = load_checkpoint(path)
         src = state["path"]
         load_state_strict(self.model, state["model"], src, "model")
         load_state_strict(self.ema, state["ema"], src, "EMA model")
+        configured = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             keep_implementation(self.optimizer)
-            if self.scheduler is not None and state.get("scheduler") is not None:
+            if own and self.scheduler is not None and state.get("scheduler") is not None:
                 self.scheduler.load_state_dict(state["scheduler"])
             if state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
@@ -279,10 +284,24 @@ class Trainer:
             raise CheckpointError(f"checkpoint {src!r}: optimizer/scheduler state does not fit: {err}") from err
         self._fit_schedule_length()  # the loaded state carries the stored run's length
         self.step = int(state["step"])
+        if not own:
+            for group, settings in zip(self.optimizer.param_groups, configured, strict=True):
+                group.update(settings)
+            self._advance_schedule(self.step)
         if "rng" in state:
             set_rng_state(state["rng"])
         self.resumed_from = src
         self.stored_config = state.get("config") or None
+
+    def _advance_schedule(self, steps: int) -> None:
+        """This config's schedule, fresh, stepped to ``steps`` (every allowlisted schedule is a function of the
+        step count, so this is its value there)."""
+        if self.scheduler is None:
+            return
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": on purpose here
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(steps):
+                self.scheduler.step()
 
     def check_resumable(self, path: Path) -> None:
         """Resuming the run directory's own checkpoint continues *that* experiment: settings outside
@@ -447,9 +466,10 @@ class Trainer:
         """Resume (the run's own checkpoint only with its own settings), then record the config in effect."""
         src = self.resume_source()
         if src is not None:
-            if src == run_checkpoint(self.run_dir):
+            own = src == run_checkpoint(self.run_dir)
+            if own:
                 self.check_resumable(src)
-            self.load(src)
+            self.load(src, own)
         if not self.is_main:
             return
         (self.run_dir / "config.yaml").write_text(self.setup.config_yaml)
@@ -585,6 +605,8 @@ def train(config, run_dir: str | Path) -> TrainResult:
     """Plain entry point: check ``config`` (a :class:`~scoresde.training.TrainConfig`, a mapping, a Hydra config
     or YAML text), build what it names (allowlisted classes only) and train in ``run_dir``."""
     from scoresde.training.build import build_setup, parse_train_config
+    from scoresde.training.config import check_new_run_config
 
     cfg = parse_train_config(config)
+    check_new_run_config(cfg)
     return fit(cfg, build_setup(cfg), run_dir)
