@@ -173,12 +173,10 @@ def as_mask(a: torch.Tensor, what: str, data_shape: tuple[int, ...]) -> tuple[to
     """A 0/1 mask (1 = known) for images of ``data_shape`` ``(C, H, W)``: one for every image (``(H, W)``,
     ``(1, H, W)`` or ``(C, H, W)``) or one per image (``(N, H, W)``, ``(N, 1 or C, H, W)``). Returns the mask as
     ``(1 or C, H, W)`` resp. ``(N, 1 or C, H, W)`` floats and whether it is per image."""
+    from scoresde.sampling.inverse import check_mask  # the one check of mask values, shared with the library
+
+    check_mask(a, what)
     m = a.float()
-    bad = int((~torch.isfinite(m)).sum())
-    if bad:
-        raise ValueError(f"{what}: the mask holds {bad} NaN / infinite values; it must be 0 (unknown) or 1 (known)")
-    if not bool(((m == 0) | (m == 1)).all()):
-        raise ValueError(f"{what}: mask values must be 0 (unknown) or 1 (known); found {torch.unique(m)[:8].tolist()}")
     c, spatial = data_shape[0], tuple(data_shape[1:])
     if m.ndim == 2 and tuple(m.shape) == spatial:
         return m[None], False

@@ -52,6 +52,46 @@ def test_npz_images_uint8(tmp_path, layout):
     assert sorted(map(float, torch.cat([d.train, d.test]).sum((1, 2, 3)))) == sorted(map(float, ref.sum((1, 2, 3))))
 
 
+@pytest.mark.parametrize(
+    "shape, channels_last, data_shape",
+    [
+        ((6, 4, 4, 3), True, (3, 4, 4)),  # RGB channels last with H = 4: the square reading
+        ((6, 3, 4, 4), False, (3, 4, 4)),  # RGB channels first with W = 3 would also fit; square wins
+        ((6, 4, 8, 8), False, (4, 8, 8)),  # RGBA channels first
+        ((6, 8, 8, 4), True, (4, 8, 8)),  # RGBA channels last
+        ((6, 4, 4, 1), True, (1, 4, 4)),  # grey channels last with H = 4
+        ((6, 1, 4, 4), False, (1, 4, 4)),  # grey channels first with W = 4
+        ((6, 1, 8, 8), False, (1, 8, 8)),
+        ((6, 8, 8, 1), True, (1, 8, 8)),
+        ((6, 3, 12, 10), False, (3, 12, 10)),  # non-square, one reading possible
+        ((6, 12, 10, 3), True, (3, 12, 10)),
+        ((6, 3, 3, 3), False, (3, 3, 3)),  # square either way: channels first (documented)
+        ((6, 3, 4, 3), False, (3, 4, 3)),  # square neither way: channels first (documented)
+    ],
+)
+def test_npz_image_layout_guess(tmp_path, shape, channels_last, data_shape):
+    """Where both readings are possible the square one wins; each pixel lands where its layout says."""
+    x = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+    np.save(tmp_path / "a.npy", x)
+    d = load_dataset("npz", path=str(tmp_path / "a.npy"), test_fraction=0.0)
+    assert d.data_shape == data_shape
+    nchw = torch.from_numpy(x.transpose(0, 3, 1, 2) if channels_last else x).float() / 255
+    assert sorted(map(tuple, d.train.flatten(1).tolist())) == sorted(map(tuple, nchw.flatten(1).tolist()))
+
+
+@pytest.mark.parametrize(
+    "array",
+    [np.zeros((0, 8, 8), np.float32), np.zeros((0, 8, 8), np.uint8), np.zeros((0, 3, 8, 8), np.float32),
+     np.zeros((1, 8, 8), np.float32), np.zeros((0, 3), np.float32), np.zeros((5, 0), np.float32),
+     np.zeros((5, 0, 8, 8), np.float32)],
+    ids=["float-images", "uint8-images", "nchw", "one-image", "points", "zero-dim-points", "zero-channels"],
+)  # fmt: skip
+def test_empty_arrays_are_refused_naming_the_file(tmp_path, array):
+    np.save(tmp_path / "empty.npy", array)
+    with pytest.raises(DataError, match=r"empty\.npy: .*(at least 2|empty axis)"):
+        load_dataset("npz", path=str(tmp_path / "empty.npy"))
+
+
 def test_npz_points_and_errors(tmp_path):
     np.savez(tmp_path / "p.npz", x=np.ones((10, 3), np.float64))
     d = load_dataset("npz", path=str(tmp_path / "p.npz"))
@@ -96,6 +136,19 @@ def test_folder_of_images(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no image files"):
         load_dataset("folder", path=str(tmp_path / "empty"))
+
+
+def test_folder_images_are_channels_last_whatever_their_size(tmp_path):
+    """Pillow gives (H, W, C): 3-pixel-tall RGB images (stacked (N, 3, 4, 3)) are not guessed as channels first."""
+    from PIL import Image
+
+    x = np.random.default_rng(3).integers(0, 256, (4, 3, 4, 3), dtype=np.uint8)
+    for k, a in enumerate(x):
+        Image.fromarray(a).save(tmp_path / f"{k}.png")
+    d = load_dataset("folder", path=str(tmp_path), test_fraction=0.0)
+    assert d.data_shape == (3, 3, 4)
+    nchw = torch.from_numpy(x.transpose(0, 3, 1, 2)).float() / 255
+    assert sorted(map(tuple, d.train.flatten(1).tolist())) == sorted(map(tuple, nchw.flatten(1).tolist()))
 
 
 def _cifar_dir(root, n=10):

@@ -139,3 +139,71 @@ def test_measurement_errors():
         colorize(VPSDE(), lambda x, t: -x, torch.zeros(2, 3, 4, 4))
     with pytest.raises(ValueError, match="predictor"):
         inpaint(VPSDE(), lambda x, t: -x, torch.zeros(2, 2), torch.ones(2), predictor="bogus")
+
+
+def _never_called(x, t):
+    raise AssertionError("the model was called before the inputs were checked")
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize(
+    "mask, message",
+    [
+        (torch.full((3, 2, 2), 0.5), r"must be 0 \(unknown\) or 1 \(known\); found \[0.5\]"),
+        (torch.full((3, 2, 2), 2.0), r"must be 0 \(unknown\) or 1 \(known\); found \[2.0\]"),
+        (torch.tensor([[[1.0, 0.0], [0.0, 0.5]]]), r"found \[0.0, 0.5, 1.0\]"),
+        (torch.full((3, 2, 2), NAN), "12 NaN / infinite"),
+        (torch.tensor([[[1.0, float("inf")], [0.0, 1.0]]]), "1 NaN / infinite"),
+        (torch.tensor([1.0, 0.0]), r"mask of shape \(2,\) does not fit a batch of shape \(5, 3, 2, 2\)"),
+        (torch.ones(2, 2), r"shape \(2, 2\) does not fit"),  # (H, W): use (1, H, W)
+        (torch.ones(3, 2, 1, 2), r"shape \(3, 2, 1, 2\) does not fit"),  # a batch of 3 masks for 5 images
+        (torch.ones(2, 2, 2), r"shape \(2, 2, 2\) does not fit"),  # 2 channels for 3
+        (torch.ones(5, 3, 2, 2, 1), "does not fit"),
+        ("all", "must be a tensor"),
+    ],
+)
+def test_bad_masks_are_refused_before_any_model_call(mask, message):
+    """Values other than 0 / 1 change the known pixels, NaN makes NaN samples, and a shape that fits only by torch's
+    broadcasting (``(2,)`` against ``(B, 3, 2, 2)`` broadcasts over W) is a mistake: each is a ValueError."""
+    known = torch.rand(5, 3, 2, 2)
+    with pytest.raises(ValueError, match=message):
+        inpaint(VPSDE(), _never_called, known, mask, steps=2)
+
+
+@pytest.mark.parametrize(
+    "shape", [(3, 2, 2), (1, 2, 2), (3, 1, 1), (1, 1, 1), (5, 3, 2, 2), (1, 3, 2, 2), (5, 1, 2, 2), (5, 1, 1, 1)]
+)
+def test_mask_shapes_of_one_sample_or_the_batch_keep_the_known_pixels(shape):
+    """A mask shaped like one sample or the batch, any non-batch axis 1 to broadcast: the known pixels come out
+    exactly as given (a random 0/1 pattern, bool masks included)."""
+    known = torch.rand(5, 3, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(1)) < 0.5
+    sde = VPSDE()
+    res = inpaint(sde, lambda x, t: -x, known, mask, steps=2, generator=torch.Generator().manual_seed(2))
+    m = mask.expand(5, 3, 2, 2)
+    assert res.samples.shape == known.shape and torch.isfinite(res.samples).all()
+    assert torch.equal(res.samples[m], known[m])
+
+
+def test_nan_or_integer_measurements_are_refused_before_any_model_call():
+    known = torch.rand(4, 3, 2, 2)
+    known[0, 0, 0, 0] = NAN
+    with pytest.raises(ValueError, match="known holds 1 NaN / infinite values"):
+        inpaint(VPSDE(), _never_called, known, torch.ones(3, 2, 2), steps=2)
+    known[0, 0, 0, 0] = float("-inf")  # also in an unknown pixel: it would still turn the samples to NaN
+    with pytest.raises(ValueError, match="known holds 1 NaN"):
+        inpaint(VPSDE(), _never_called, known, torch.zeros(3, 2, 2), steps=2)
+    with pytest.raises(ValueError, match="known must be a floating-point tensor, got torch.uint8"):
+        inpaint(VPSDE(), _never_called, torch.zeros(4, 3, 2, 2, dtype=torch.uint8), torch.ones(3, 2, 2), steps=2)
+    with pytest.raises(ValueError, match="gray holds 8 NaN / infinite values"):
+        colorize(VPSDE(), _never_called, torch.full((2, 1, 2, 2), NAN), steps=2)
+    gray = torch.rand(2, 1, 2, 2)
+    gray[1, 0, 1, 1] = float("inf")
+    with pytest.raises(ValueError, match="gray holds 1 NaN"):
+        colorize(VPSDE(), _never_called, gray, steps=2)
+    with pytest.raises(ValueError, match="orthogonal"):
+        OrthogonalMeasurement(torch.ones(2), 2 * torch.eye(2))
+    with pytest.raises(ValueError, match="mask values must be 0"):
+        OrthogonalMeasurement(torch.full((2,), 0.5), torch.eye(2))

@@ -69,14 +69,49 @@ def _resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
 
 
-def _images_from_array(a: np.ndarray, source: str) -> tuple[torch.Tensor, int | None]:
-    """(N, H, W), (N, C, H, W) or (N, H, W, C) uint8 / float in [0, 1] -> float32 (N, C, H, W) in [0, 1]."""
+CHANNEL_COUNTS = (1, 3, 4)  # grey, RGB, RGBA: the channel counts the layout guess recognises
+
+
+def _channels_last(shape: tuple[int, ...]) -> bool:
+    """Whether 4-D images ``shape`` are ``(N, H, W, C)`` rather than ``(N, C, H, W)``.
+
+    A reading is possible when its channel axis holds 1, 3 or 4 values. Only channels-last possible: channels
+    last. When both are possible (an axis of 1, 3 or 4 at either end, e.g. ``(N, 4, 4, 3)``), the reading whose
+    images are square wins (``(N, 4, 4, 3)`` -> 3 channels of 4x4; ``(N, 3, 4, 4)`` -> 3 channels of 4x4). Still
+    ambiguous (both square, as in ``(N, 3, 3, 3)``, or neither, as in ``(N, 3, 4, 3)``) and in every other case:
+    channels first.
+    """
+    first, last = shape[1] in CHANNEL_COUNTS, shape[3] in CHANNEL_COUNTS
+    if last and not first:
+        return True
+    if first and last:
+        return shape[1] == shape[2] != shape[3]  # channels-last images are square, channels-first ones not
+    return False
+
+
+def _check_examples(a: np.ndarray, source: str) -> None:
+    """At least 2 examples (to split into train/test) and no empty axis, checked before any reduction."""
+    if a.ndim == 0 or a.shape[0] < 2:
+        n = 0 if a.ndim == 0 else a.shape[0]
+        raise DataError(f"{source}: {n} examples (shape {a.shape}); need at least 2 to split into train/test")
+    if a.size == 0:
+        raise DataError(f"{source}: the array of shape {a.shape} has an empty axis, so it holds no values")
+
+
+def _images_from_array(
+    a: np.ndarray, source: str, channels_last: bool | None = None
+) -> tuple[torch.Tensor, int | None]:
+    """(N, H, W), (N, C, H, W) or (N, H, W, C) uint8 / float in [0, 1] -> float32 (N, C, H, W) in [0, 1].
+
+    ``channels_last``: the layout of 4-D arrays where the caller knows it; ``None`` guesses it (:func:`_channels_last`).
+    """
+    if a.ndim not in (3, 4):
+        raise DataError(f"{source}: expected images (N, H, W), (N, C, H, W) or (N, H, W, C), got shape {a.shape}")
+    _check_examples(a, source)
     if a.ndim == 3:
         a = a[:, None]
-    elif a.ndim == 4 and a.shape[-1] in (1, 3, 4) and a.shape[1] not in (1, 3, 4):
+    elif _channels_last(a.shape) if channels_last is None else channels_last:
         a = a.transpose(0, 3, 1, 2)
-    elif a.ndim != 4:
-        raise DataError(f"{source}: expected images (N, H, W), (N, C, H, W) or (N, H, W, C), got shape {a.shape}")
     if a.dtype == np.uint8:
         return torch.from_numpy(np.ascontiguousarray(a)).float() / 255, 256
     if not np.issubdtype(a.dtype, np.floating):
@@ -143,12 +178,15 @@ def load_npz(
     seed: int = 0,
 ) -> ArrayDataset:
     """An array file (``.npz``, or ``.npy`` holding one array): points ``(N, D)`` or images ``(N, C, H, W)`` /
-    ``(N, H, W, C)`` / ``(N, H, W)``. Read without pickle; complex, non-numeric and non-finite data are refused."""
+    ``(N, H, W, C)`` / ``(N, H, W)`` (an ambiguous layout: the reading with square images, else channels first; see
+    :func:`_channels_last`). Read without pickle; complex, non-numeric and non-finite data are refused, and so are
+    fewer than 2 examples or an empty axis."""
     p = _existing(path, "npz")
     a = _read_array_file(p, key)
     if a.dtype.kind not in "biuf":
         raise DataError(f"{p}: data must be real numbers (int, uint or float), got dtype {a.dtype}")
     if a.ndim == 2:
+        _check_examples(a, str(p))
         _check_finite(a, str(p))
         train, test = _split(torch.from_numpy(a.astype(np.float32)), test_fraction, seed)
         return ArrayDataset(train, test, f"npz:{p.name}", is_image=False)
@@ -212,7 +250,7 @@ def load_folder(
                 "set data.image_size to resize them all"
             )
         images.append(a)
-    x, levels = _images_from_array(np.stack(images), str(root))
+    x, levels = _images_from_array(np.stack(images), str(root), channels_last=True)  # Pillow: (H, W, C)
     train, test = _split(x, test_fraction, seed)
     return ArrayDataset(train, test, f"folder:{root.name}", is_image=True, levels=levels)
 

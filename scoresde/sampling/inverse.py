@@ -44,9 +44,35 @@ def gray_rotation(channels: int = 3, dtype: torch.dtype = torch.float64) -> torc
     return torch.eye(channels, dtype=dtype) - 2 * torch.outer(v, v) / (v @ v)
 
 
+def check_mask(mask: torch.Tensor, what: str = "mask") -> None:
+    """Refuse a mask that is not all 0 (unknown) and 1 (known): a value in between (or above) would mix the known
+    pixels with the sample, and NaN would turn the samples to NaN. The one check of masks, from Python or a file."""
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"{what}: the mask must be a tensor of 0 (unknown) and 1 (known), got {type(mask).__name__}")
+    m = mask.double()
+    bad = int((~torch.isfinite(m)).sum())
+    if bad:
+        raise ValueError(f"{what}: the mask holds {bad} NaN / infinite values; it must be 0 (unknown) or 1 (known)")
+    if not bool(((m == 0) | (m == 1)).all()):
+        raise ValueError(f"{what}: mask values must be 0 (unknown) or 1 (known); found {torch.unique(m)[:8].tolist()}")
+
+
+def check_finite(x: torch.Tensor, what: str, hint: str = "") -> None:
+    """Refuse an integer or non-finite measurement (NaN known pixels would make every sample NaN)."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise ValueError(f"{what} must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise ValueError(f"{what} holds {bad} NaN / infinite values{hint}")
+
+
 @dataclass
 class OrthogonalMeasurement:
-    """Known coordinates ``mask`` (1 known, 0 unknown; shaped like one sample or broadcastable to it) of ``z = Q x``.
+    """Known coordinates ``mask`` (1 known, 0 unknown) of ``z = Q x``.
+
+    The mask is shaped like one sample (``data_shape``) or like the batch (``(B or 1, *data_shape)``, a mask per
+    sample); any axis but the batch may also be 1 to broadcast (``(1, H, W)`` for every channel of ``(C, H, W)``
+    images). Other shapes are refused, even where torch would broadcast them (``(W,)`` against ``(B, C, H, W)``).
 
     ``matrix`` is ``None`` (``Q = I``: inpainting), a ``(C, C)`` orthogonal matrix acting on the channel axis 1 of
     images ``(B, C, ...)`` (colorization), or a ``(D, D)`` one acting on flattened samples.
@@ -56,6 +82,7 @@ class OrthogonalMeasurement:
     matrix: torch.Tensor | None = None
 
     def __post_init__(self):
+        check_mask(self.mask)
         if self.matrix is not None:
             q = self.matrix
             if q.ndim != 2 or q.shape[0] != q.shape[1]:
@@ -72,6 +99,17 @@ class OrthogonalMeasurement:
         if q.shape[0] != d:
             raise ValueError(f"matrix of size {q.shape[0]} fits neither the channels nor the {d} values of a sample")
         return (x.reshape(x.shape[0], d) @ q.T).reshape(x.shape)
+
+    def check_fits(self, shape: tuple[int, ...]) -> None:
+        """Refuse a mask that fits a batch of ``shape`` ``(B, *data_shape)`` only by torch's broadcasting rules."""
+        m, data = tuple(self.mask.shape), tuple(shape[1:])
+        if len(m) == len(shape) and m[0] in (1, shape[0]):
+            m = m[1:]  # one mask per sample
+        if len(m) != len(data) or any(a not in (1, b) for a, b in zip(m, data, strict=True)):
+            raise ValueError(
+                f"mask of shape {tuple(self.mask.shape)} does not fit a batch of shape {tuple(shape)}: use one "
+                f"sample's shape {data} or the batch's {tuple(shape)} (an axis may be 1 to broadcast over it)"
+            )
 
     def decouple(self, x: torch.Tensor) -> torch.Tensor:
         """``z = Q x``."""
@@ -103,7 +141,11 @@ def replacement_sample(
     batch; its unknown part is ignored): the ``pc`` sampler (``options``: its ``predictor``, ``corrector``, ``snr``,
     ``n_steps``, ``steps``, ``eps``, ``grid``, ``denoise``; defaults the SDE's ``sde.pc_defaults`` and ``sde.N``
     steps) with the replacement as its ``constrain`` hook. NFE = ``steps * (1 + n_steps [if a corrector]) +
-    denoise``."""
+    denoise``. The mask, ``known`` and its shape are checked before any model call."""
+    check_finite(known, "known", " (its unknown pixels are ignored: set them to any finite value, e.g. 0)")
+    if known.ndim < 1:
+        raise ValueError(f"known must be a batch (B, *data_shape), got shape {tuple(known.shape)}")
+    measurement.check_fits(known.shape)
     sampler = get_sampler("pc", dtype=known.dtype, **options)
     settings = pc_settings(sde, sampler.predictor, sampler.corrector, sampler.snr)
     check_pc_choices(settings["predictor"], settings["corrector"], allow_no_predictor=False)
@@ -123,7 +165,10 @@ def replacement_sample(
 
 
 def inpaint(sde: LinearSDE, score_fn: ScoreFn, known: torch.Tensor, mask: torch.Tensor, **options) -> SampleResult:
-    """Fill in ``x`` where ``mask == 0`` given ``known`` where ``mask == 1`` (options of :func:`replacement_sample`)."""
+    """Fill in ``x`` where ``mask == 0`` given ``known`` where ``mask == 1`` (options of :func:`replacement_sample`).
+
+    ``known`` is the batch ``(B, *data_shape)`` (finite; its unknown pixels are ignored); ``mask`` holds only 0 and 1,
+    shaped like one sample or like the batch, an axis of 1 broadcasting (:class:`OrthogonalMeasurement`)."""
     return replacement_sample(sde, score_fn, OrthogonalMeasurement(mask), known, **options)
 
 
@@ -132,6 +177,7 @@ def colorize(sde: LinearSDE, score_fn: ScoreFn, gray: torch.Tensor, channels: in
     :func:`replacement_sample`). The known coordinate is ``sqrt(C) * gray`` along ``(1, .., 1) / sqrt(C)``."""
     if gray.ndim < 3 or gray.shape[1] != 1:
         raise ValueError(f"gray must be (B, 1, ...) images, got shape {tuple(gray.shape)}")
+    check_finite(gray, "gray")
     q = gray_rotation(channels, dtype=gray.dtype).to(gray.device)
     mask = torch.zeros((channels,) + (1,) * (gray.ndim - 2), dtype=gray.dtype, device=gray.device)
     mask[0] = 1
@@ -139,4 +185,4 @@ def colorize(sde: LinearSDE, score_fn: ScoreFn, gray: torch.Tensor, channels: in
     return replacement_sample(sde, score_fn, OrthogonalMeasurement(mask, q), known, **options)
 
 
-__all__ = ["OrthogonalMeasurement", "gray_rotation", "replacement_sample", "inpaint", "colorize"]
+__all__ = ["OrthogonalMeasurement", "check_mask", "gray_rotation", "replacement_sample", "inpaint", "colorize"]
