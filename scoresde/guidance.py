@@ -121,11 +121,13 @@ def guided_score(
     classifier: str | None = None,
     sde=None,
     centered: bool | None = None,
+    data_shape: tuple[int, ...] | None = None,
 ) -> ScoreFn:
     """The score function to sample with: ``model`` itself, or for ``label=k`` its class-``k`` score — classifier-free
     guidance of weight ``scale`` for a class-conditional model (``kind="cfg"``), or classifier guidance with the
     noise-conditional classifier saved at ``classifier`` (``kind="classifier"``, written by ``train_classifier.py``;
-    with ``sde`` / ``centered`` given, one trained under another SDE or data scaling is refused)."""
+    with ``sde`` / ``centered`` / ``data_shape`` (the shape of one sample of the model) given, one trained under
+    another SDE, data scaling or data shape is refused here, before any sampling)."""
     if kind not in GUIDANCE_KINDS:
         raise ValueError(f"guidance.kind={kind!r} is unknown; choose one of {GUIDANCE_KINDS}")
     if label is None:
@@ -143,6 +145,9 @@ def guided_score(
             raise ValueError("guidance.kind=classifier needs guidance.classifier=<classifier.safetensors> "
                              "(train one with train_classifier.py)")  # fmt: skip
         net, meta = load_classifier(classifier, sde)
+        if data_shape is not None and tuple(net.data_shape) != tuple(data_shape):
+            raise ValueError(f"classifier {classifier!r} was trained on data of shape {tuple(net.data_shape)}, the "
+                             f"model samples data of shape {tuple(data_shape)}")  # fmt: skip
         if centered is not None and json.loads(meta["centered"]) != centered:
             raise ValueError(f"classifier {classifier!r} was trained on data scaled differently (centered) from the "
                              "model")  # fmt: skip
@@ -151,7 +156,12 @@ def guided_score(
             raise ValueError(f"label={label} is not a class of the classifier (0 .. {n - 1})")
         device = next(model.parameters()).device
         return classifier_guidance(model, log_prob_fn(net.to(device)), label, scale)
-    n = num_classes_of(model)
+    try:
+        n = num_classes_of(model)
+    except ValueError:  # num_classes_of's advice (null_label) is cfg_score_fn's, not an argument here
+        raise ValueError(f"label={label} with kind='cfg' needs a class-conditional model (num_classes on it or on its "
+                         ".net); this model is unconditional: use kind='classifier' with classifier=<a "
+                         "classifier.safetensors from train_classifier.py>") from None  # fmt: skip
     if not 0 <= label < n:
         raise ValueError(f"label={label} is not a class of this model (0 .. {n - 1})")
     return cfg_score_fn(model, label, scale)

@@ -84,6 +84,26 @@ def test_bad_labels_and_models():
         classifier_guidance(lambda x, t: x, lambda x, t: x.sum(1), 0, 1.0)(x, torch.ones(4))
 
 
+def test_guided_score_refuses_what_the_model_cannot_do(tmp_path):
+    """A classifier trained on another data shape is refused when the guided score is built (naming the classifier
+    and both shapes), not at the first score call; label with kind='cfg' on an unconditional model names what to do
+    with guided_score's own arguments (not cfg_score_fn's null_label)."""
+    from scoresde.classifier import save_classifier
+    from scoresde.guidance import guided_score
+    from scoresde.nets import MLP
+
+    sde = VPSDE()
+    model = MLP((3, 8, 8), hidden=8, depth=1, embed_dim=8)
+    path = save_classifier(MLP((1, 8, 8), hidden=8, depth=1, out_dim=10), tmp_path / "c.safetensors",
+                           sde, centered=True)  # fmt: skip
+    with pytest.raises(ValueError, match=r"c\.safetensors.*shape \(1, 8, 8\).*shape \(3, 8, 8\)"):
+        guided_score(model, 3, "classifier", 4.0, str(path), sde, True, data_shape=(3, 8, 8))
+    guided_score(model, 3, "classifier", 4.0, str(path), sde, True, data_shape=(1, 8, 8))  # the right shape loads
+    with pytest.raises(ValueError, match="unconditional.*kind='classifier'") as err:
+        guided_score(model, 3, "cfg", 1.0)
+    assert "null_label" not in str(err.value)
+
+
 @pytest.fixture(scope="module")
 def reference():
     """Exact samples of class K, and the null level of the sliced Wasserstein statistic between two such samples."""

@@ -88,6 +88,30 @@ def test_errors_name_the_problem(toy_run, tmp_path):
     assert not (tmp_path / "o3").exists() or not any((tmp_path / "o3").iterdir())
 
 
+def test_guidance_refused_in_command_line_terms(toy_run, tmp_path, monkeypatch):
+    """label= on an unconditional run says so and names the two ways that work (a command-line user cannot pass
+    null_label); a classifier trained on another data shape is refused before sampling, naming it and both shapes."""
+    import scoresde
+    import scoresde.generate
+    from scoresde.classifier import save_classifier
+    from scoresde.nets import MLP
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampling started before the guidance settings were checked")
+
+    monkeypatch.setattr(scoresde.generate, "generate", no_sampling)
+    common = [f"ckpt={toy_run}", "sampler=ddim", "sampler.steps=3", "n=2"]
+    with pytest.raises(ConfigError, match="label=3: the model .* is unconditional.*guidance.kind=classifier") as err:
+        run_sample(tmp_path / "s1", *common, "label=3")
+    assert "null_label" not in str(err.value)
+    sde = scoresde.load_model(str(toy_run)).sde  # the toy run samples points of shape (2,)
+    clf = save_classifier(MLP((1, 8, 8), hidden=8, depth=1, out_dim=10), tmp_path / "c.safetensors",
+                          sde, centered=True)  # fmt: skip
+    with pytest.raises(ValueError, match=r"classifier .*c\.safetensors.*shape \(1, 8, 8\).*shape \(2,\)"):
+        run_sample(tmp_path / "s2", *common, "label=3", "guidance.kind=classifier", "guidance.scale=4",
+                   f"guidance.classifier={clf}")  # fmt: skip
+
+
 def test_cli_runs(toy_run, tmp_path):
     """The command line itself (Hydra wrapper) writes into the given output directory."""
     out = tmp_path / "cli"

@@ -156,7 +156,9 @@ def _run(cfg: SampleConfig, node: dict | None, sampler, out_dir: str | Path, dis
     model = loaded.model.to(dist.device).eval()
     low = low_res_inputs(cfg, loaded)  # super-resolution: checked before any sampling
     g = cfg.guidance
-    score_fn = guided_score(model, cfg.label, g.kind, g.scale, g.classifier, loaded.sde, loaded.centered)
+    _check_label(cfg, model)
+    score_fn = guided_score(model, cfg.label, g.kind, g.scale, g.classifier, loaded.sde, loaded.centered,
+                            loaded.data_shape)  # fmt: skip
     fitted = None
     if cfg.fit_grid:
         sampler, fitted = _fitted(cfg, loaded, score_fn, sampler, dist)
@@ -180,6 +182,23 @@ def _run(cfg: SampleConfig, node: dict | None, sampler, out_dir: str | Path, dis
     (Path(out_dir) / "sample.json").write_text(json.dumps(info, indent=2, default=str))
     print(f"[scoresde] {cfg.n} samples ({res.nfe} score evaluations each) -> {', '.join(map(str, paths.values()))}")
     return paths
+
+
+def _check_label(cfg: SampleConfig, model) -> None:
+    """``label=`` with classifier-free guidance needs a class-conditional model; said in command-line terms (the
+    library's message names its arguments)."""
+    from scoresde.guidance import num_classes_of
+
+    if cfg.label is None or cfg.guidance.kind != "cfg":
+        return
+    try:
+        num_classes_of(model)
+    except ValueError:
+        raise ConfigError(f"label={cfg.label}: the model {cfg.ckpt!r} is unconditional (not class-conditional); "
+                          "label= needs a class-conditional run (trained with +model.net.num_classes=K, e.g. "
+                          "loss.label_dropout=0.2 for guidance.scale > 0) or classifier guidance: "
+                          "guidance.kind=classifier guidance.classifier=<classifier.safetensors from "
+                          "train_classifier.py>") from None  # fmt: skip
 
 
 def _fitted(cfg: SampleConfig, loaded, score_fn, sampler, dist):
@@ -245,7 +264,7 @@ def generate_superres(cfg: SampleConfig, loaded, model, low: torch.Tensor, sampl
         aug_gens = [torch.Generator().manual_seed(derived_seed(s, 1)) for s in seeds[start:stop]]
         cond = model.net.sampling_conditioning(low[start:stop].to(device), cfg.low_res_aug, aug_gens)
         score_fn = guided_score(conditioned(model, **cond), cfg.label, g.kind, g.scale, g.classifier, loaded.sde,
-                                loaded.centered)  # fmt: skip
+                                loaded.centered, loaded.data_shape)  # fmt: skip
         with torch.no_grad():
             res = sampler(loaded.sde, score_fn, (stop - start, *loaded.data_shape), generator=gens, device=device)
         return res.samples, res.nfe
