@@ -157,7 +157,6 @@ NAN = float("nan")
         (torch.full((3, 2, 2), NAN), "12 NaN / infinite"),
         (torch.tensor([[[1.0, float("inf")], [0.0, 1.0]]]), "1 NaN / infinite"),
         (torch.tensor([1.0, 0.0]), r"mask of shape \(2,\) does not fit a batch of shape \(5, 3, 2, 2\)"),
-        (torch.ones(2, 2), r"shape \(2, 2\) does not fit"),  # (H, W): use (1, H, W)
         (torch.ones(3, 2, 1, 2), r"shape \(3, 2, 1, 2\) does not fit"),  # a batch of 3 masks for 5 images
         (torch.ones(2, 2, 2), r"shape \(2, 2, 2\) does not fit"),  # 2 channels for 3
         (torch.ones(5, 3, 2, 2, 1), "does not fit"),
@@ -173,7 +172,8 @@ def test_bad_masks_are_refused_before_any_model_call(mask, message):
 
 
 @pytest.mark.parametrize(
-    "shape", [(3, 2, 2), (1, 2, 2), (3, 1, 1), (1, 1, 1), (5, 3, 2, 2), (1, 3, 2, 2), (5, 1, 2, 2), (5, 1, 1, 1)]
+    "shape",
+    [(3, 2, 2), (1, 2, 2), (2, 2), (3, 1, 1), (1, 1, 1), (5, 3, 2, 2), (1, 3, 2, 2), (5, 1, 2, 2), (5, 1, 1, 1)],
 )
 def test_mask_shapes_of_one_sample_or_the_batch_keep_the_known_pixels(shape):
     """A mask shaped like one sample or the batch, any non-batch axis 1 to broadcast: the known pixels come out
@@ -182,7 +182,7 @@ def test_mask_shapes_of_one_sample_or_the_batch_keep_the_known_pixels(shape):
     mask = torch.rand(shape, generator=torch.Generator().manual_seed(1)) < 0.5
     sde = VPSDE()
     res = inpaint(sde, lambda x, t: -x, known, mask, steps=2, generator=torch.Generator().manual_seed(2))
-    m = mask.expand(5, 3, 2, 2)
+    m = mask.expand(5, 3, 2, 2)  # (H, W) as (1, H, W): every channel
     assert res.samples.shape == known.shape and torch.isfinite(res.samples).all()
     assert torch.equal(res.samples[m], known[m])
 

@@ -72,7 +72,8 @@ class OrthogonalMeasurement:
 
     The mask is shaped like one sample (``data_shape``) or like the batch (``(B or 1, *data_shape)``, a mask per
     sample); any axis but the batch may also be 1 to broadcast (``(1, H, W)`` for every channel of ``(C, H, W)``
-    images). Other shapes are refused, even where torch would broadcast them (``(W,)`` against ``(B, C, H, W)``).
+    images), and ``(H, W)`` stands for ``(1, H, W)``. Other shapes are refused, even where torch would broadcast
+    them (``(W,)`` against ``(B, C, H, W)``).
 
     ``matrix`` is ``None`` (``Q = I``: inpainting), a ``(C, C)`` orthogonal matrix acting on the channel axis 1 of
     images ``(B, C, ...)`` (colorization), or a ``(D, D)`` one acting on flattened samples.
@@ -105,6 +106,8 @@ class OrthogonalMeasurement:
         m, data = tuple(self.mask.shape), tuple(shape[1:])
         if len(m) == len(shape) and m[0] in (1, shape[0]):
             m = m[1:]  # one mask per sample
+        if len(data) >= 2 and m == data[1:]:
+            m = (1, *m)  # (H, W) for (C, H, W) images: the same mask on every channel
         if len(m) != len(data) or any(a not in (1, b) for a, b in zip(m, data, strict=True)):
             raise ValueError(
                 f"mask of shape {tuple(self.mask.shape)} does not fit a batch of shape {tuple(shape)}: use one "
