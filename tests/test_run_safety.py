@@ -111,6 +111,19 @@ def test_preview_sampler_is_checked_before_step_one(tmp_path, override, message)
     assert time.time() - t0 < 30 and not (run / "checkpoints").exists()
 
 
+def test_a_null_option_the_sampler_lacks_is_dropped():
+    """A preset's ``steps: 500`` set back to null fits the adaptive samplers, which choose their own steps (ode_scipy
+    has no ``steps`` option at all); a value for an option the sampler lacks is still refused."""
+    from scoresde.jobs.sample import build_sampler
+
+    assert build_sampler({"name": "ode_scipy", "steps": None, "rtol": 1e-3}).rtol == 1e-3
+    assert build_sampler({"name": "ode", "steps": None}).method == "dopri5"
+    with pytest.raises(ConfigError, match="steps"):
+        build_sampler({"name": "ode_scipy", "steps": 500})
+    with pytest.raises(ConfigError, match="bogus"):
+        build_sampler({"name": "ddim", "bogus": 1})
+
+
 def test_preview_group_cannot_name_a_missing_sampler(tmp_path):
     p = cli(tmp_path / "run", *TOY, "sampler@trainer.sampler=nosuch", timeout=120)
     assert p.returncode != 0 and "nosuch" in p.stderr and not (tmp_path / "run").exists()

@@ -78,9 +78,14 @@ def check(cfg: SampleConfig) -> None:
 
 
 def build_sampler(node: Any):
-    """The sampler of a ``{name: ..., **options}`` node; an unknown name or option raises before any work."""
-    from scoresde.sampling import sampler_from_config
+    """The sampler of a ``{name: ..., **options}`` node; an unknown name or option raises before any work. An option
+    set to null that the sampler does not have is dropped (null means "the default", and it has none: a preset's
+    ``trainer.sampler.steps=null`` then fits the adaptive ``ode_scipy`` too)."""
+    from scoresde.sampling import SAMPLERS, sampler_from_config
 
+    if isinstance(node, dict) and node.get("name") in SAMPLERS:
+        known = set(SAMPLERS[node["name"]].option_names())
+        node = {k: v for k, v in node.items() if k == "name" or v is not None or k in known}
     try:
         return sampler_from_config(node)
     except (TypeError, ValueError) as err:
