@@ -140,7 +140,7 @@ def _build(node: Any, key: str, extra: Mapping[str, Any] | None = None) -> Any:
             return functools.partial(fn, **values)
         try:
             return fn(**values)
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, RuntimeError) as err:  # RuntimeError: torch's, e.g. a negative layer size
             raise ConfigError(f"cannot build {key or 'config'} ({node['_target_']}): {err}") from None
     if isinstance(node, (list, tuple)):
         return [_build(v, f"{key}[{i}]") for i, v in enumerate(node)]

@@ -163,6 +163,16 @@ def test_nonsense_training_settings_are_refused_before_anything(tmp_path, overri
     assert not run.exists()
 
 
+def test_a_network_torch_cannot_build_is_a_config_error(tmp_path):
+    """A negative layer size fails inside torch (RuntimeError) once the data fixed the shape: it is named as the
+    config's, before any step (no config.yaml, no checkpoint), and the run directory's lock is released."""
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"cannot build model\.net"):
+        train_in_process(run, "model.net.hidden=-4")
+    assert not (run / "config.yaml").exists() and not (run / "checkpoints").exists()
+    train_in_process(run, "trainer.steps=1")  # not locked
+
+
 def test_loss_options_of_the_resolved_loss_are_accepted(tmp_path):
     """The refusals above leave what each loss reads: dsm's weighting and importance sampling, edm's p_mean."""
     from scoresde.training import parse_train_config
