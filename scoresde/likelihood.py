@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 import torchdiffeq
 
-from scoresde.sampling.base import CountingScore, progress_iter
+from scoresde.sampling.base import CountingScore, check_finite, progress_iter
 from scoresde.sampling.ode import ADAPTIVE, FIXED, check_tolerances
 from scoresde.sde import ScoreFn
 from scoresde.utils import Generator, flat_dim, rand, randn, sum_except_batch
@@ -293,10 +293,9 @@ def draw_probe(
 
 def _check_likelihood_inputs(sde, x: torch.Tensor, eps: float, method: str, options, rtol, atol) -> None:
     """Refuse bad input of :func:`log_likelihood` before any work, naming the problem."""
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2:
-        raise ValueError(f"x must be a floating tensor shaped (B, ...), got {getattr(x, 'shape', type(x))}")
-    if not torch.isfinite(x).all():
-        raise ValueError("x contains NaN or inf")
+    check_finite(x, "x")
+    if x.ndim < 2:
+        raise ValueError(f"x must be a batch shaped (B, ...), got shape {tuple(x.shape)}")
     if not 0 < eps < sde.T:
         raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}), got {eps}")
     check_tolerances(rtol, atol)

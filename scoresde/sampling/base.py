@@ -287,16 +287,21 @@ def tweedie_denoise(sde: LinearSDE, model, x: torch.Tensor, t: float | torch.Ten
     return as_views(model, sde).x0(x, t)
 
 
+def check_finite(x, what: str, hint: str = "") -> None:
+    """``x`` must be a floating tensor with finite values (a starting point, a measurement); else a ``ValueError``
+    naming ``what`` before any model call (one host read of a reduction: a synchronization on an accelerator)."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise ValueError(f"{what} must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise ValueError(f"{what} holds {bad} NaN / infinite values{hint}")
+
+
 def check_x_init(x_init, shape: Sequence[int]) -> None:
-    """A starting point must be a floating tensor of ``shape`` with finite values; else a ``ValueError`` naming the
-    problem before any model call (one host read of a reduction: a synchronization on an accelerator)."""
-    if not isinstance(x_init, torch.Tensor) or not x_init.is_floating_point():
-        got = x_init.dtype if isinstance(x_init, torch.Tensor) else type(x_init).__name__
-        raise ValueError(f"x_init must be a floating-point tensor, got {got}")
+    """A starting point: a floating tensor of ``shape`` with finite values (:func:`check_finite`)."""
+    check_finite(x_init, "x_init")
     if tuple(x_init.shape) != tuple(shape):
         raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {tuple(shape)}")
-    if not bool(torch.isfinite(x_init).all()):
-        raise ValueError("x_init contains NaN or inf")
 
 
 def initial_state(

@@ -24,7 +24,7 @@ import scipy.optimize
 import torch
 
 from scoresde.checkpoint import atomic_save
-from scoresde.sampling.base import GridSampler, ModelViews, check_x_init
+from scoresde.sampling.base import GridSampler, ModelViews, check_finite
 from scoresde.sampling.grids import check_grid
 from scoresde.sampling.ode import ODESampler
 from scoresde.sampling.pc import pc_settings
@@ -85,7 +85,7 @@ def _check_fit_inputs(sde: LinearSDE, sampler: GridSampler, x_init: torch.Tensor
     if not isinstance(x_init, torch.Tensor) or x_init.ndim < 2 or x_init.shape[0] < 4:
         got = tuple(x_init.shape) if isinstance(x_init, torch.Tensor) else type(x_init).__name__
         raise ValueError(f"x_init must be a batch of at least 4 start points, got {got}")
-    check_x_init(x_init, x_init.shape)
+    check_finite(x_init, "x_init")
     if not 0 < heldout < 1:
         raise ValueError(f"heldout must be a fraction in (0, 1), got {heldout}")
     start = sampler.time_grid(sde)

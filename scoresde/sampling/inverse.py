@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from scoresde.sampling import get_sampler
-from scoresde.sampling.base import SampleResult
+from scoresde.sampling.base import SampleResult, check_finite
 from scoresde.sampling.pc import check_pc_choices, pc_settings
 from scoresde.sde import LinearSDE, ScoreFn
 from scoresde.utils import Generator, randn
@@ -55,15 +55,6 @@ def check_mask(mask: torch.Tensor, what: str = "mask") -> None:
         raise ValueError(f"{what}: the mask holds {bad} NaN / infinite values; it must be 0 (unknown) or 1 (known)")
     if not bool(((m == 0) | (m == 1)).all()):
         raise ValueError(f"{what}: mask values must be 0 (unknown) or 1 (known); found {torch.unique(m)[:8].tolist()}")
-
-
-def check_finite(x: torch.Tensor, what: str, hint: str = "") -> None:
-    """Refuse an integer or non-finite measurement (NaN known pixels would make every sample NaN)."""
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise ValueError(f"{what} must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
-    bad = int((~torch.isfinite(x)).sum())
-    if bad:
-        raise ValueError(f"{what} holds {bad} NaN / infinite values{hint}")
 
 
 @dataclass
