@@ -91,9 +91,8 @@ def _channels_last(shape: tuple[int, ...]) -> bool:
 
 def _check_examples(a: np.ndarray, source: str) -> None:
     """At least 2 examples (to split into train/test) and no empty axis, checked before any reduction."""
-    if a.ndim == 0 or a.shape[0] < 2:
-        n = 0 if a.ndim == 0 else a.shape[0]
-        raise DataError(f"{source}: {n} examples (shape {a.shape}); need at least 2 to split into train/test")
+    if a.shape[0] < 2:  # callers pass 2-D points or 3-D / 4-D images
+        raise DataError(f"{source}: {a.shape[0]} examples (shape {a.shape}); need at least 2 to split into train/test")
     if a.size == 0:
         raise DataError(f"{source}: the array of shape {a.shape} has an empty axis, so it holds no values")
 
