@@ -16,7 +16,8 @@ from __future__ import annotations
 import copy
 import inspect
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,7 @@ from scoresde.sampling.grids import (
     final_time,
     resolve_grid,
 )
+from scoresde.sampling.model_times import ModelTimes, check_model_times
 from scoresde.sde import LinearSDE
 from scoresde.utils import Generator, as_time, batch_broadcast, randn
 
@@ -252,8 +254,41 @@ class ModelViews:
 
     __call__ = score
 
+    @contextmanager
+    def told(self, model_time: Callable[[torch.Tensor], torch.Tensor] | None) -> Iterator[ModelViews]:
+        """Within the block every view asked for at ``(x, t)`` is the model's view at ``(x, model_time(t))``
+        (``(B,)`` times): decoupled model times (:mod:`scoresde.sampling.model_times`). A loop that converts the
+        model's own output with ``t``'s ``alpha`` and ``sigma`` (:meth:`fold`) still gets the view at the model
+        time: the own output is corrected for the difference. Calls still count here. ``None``: the model as is."""
+        if model_time is None:
+            yield self
+            return
+        saved = self._route
+        self._route = {view: (native, _told(self, view, native, fn, model_time))
+                       for view, (native, fn) in saved.items()}  # fmt: skip
+        try:
+            yield self
+        finally:
+            self._route = saved
+
     def __repr__(self) -> str:
         return f"ModelViews({self.model!r}, nfe={self.nfe})"
+
+
+def _told(model: ModelViews, view: str, native: str, fn: Callable, model_time: Callable) -> Callable:
+    """``fn`` told ``model_time(t)``, its output ``o`` returned as ``o'`` with ``p_t x + q_t o' = p_tau x + q_tau o``
+    (the conversion of ``native`` to ``view`` at ``t`` then gives the view at ``tau``)."""
+
+    def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        tau = model_time(t)
+        out = _shaped_like(fn(x, tau), x, native)
+        if native == view:
+            return out
+        p_t, q_t = _CONVERSIONS[view, native](*model._scales(x, t, None, None))
+        p_tau, q_tau = _CONVERSIONS[view, native](*model._scales(x, tau, None, None))
+        return (out * q_tau + x * (p_tau - p_t)) / q_t
+
+    return call
 
 
 def linear_in_view(
@@ -435,6 +470,9 @@ class GridSampler(Sampler):
     #: The loop is this library's tensor arithmetic with no host reads, so a CUDA graph can capture it
     #: (:class:`~scoresde.sampling.graphs.GraphedSampler`); ``False`` where a solver library steps it.
     capturable: bool = True
+    #: Times the model is told at each grid time (:meth:`with_grid`); ``None``: the grid's own.
+    model_times: torch.Tensor | None = None
+    _model_time: ModelTimes | None = None
 
     def __init__(
         self,
@@ -466,20 +504,37 @@ class GridSampler(Sampler):
                             getattr(self, "rho", 7.0))  # fmt: skip
 
     def check(self, sde: LinearSDE) -> None:
-        self.time_grid(sde)  # checked there: given times against the SDE, named grids once when built
+        grid = self.time_grid(sde)  # checked there: given times against the SDE, named grids once when built
+        if self.model_times is not None:
+            check_model_times(self.model_times, grid, sde)
 
-    def with_grid(self, grid: GridOption) -> GridSampler:
-        """A copy of this sampler running on ``grid`` (its ``steps`` / ``eps`` then follow from the times)."""
+    def with_grid(self, grid: GridOption, model_times: torch.Tensor | Sequence[float] | None = None) -> GridSampler:
+        """A copy of this sampler running on ``grid`` (its ``steps`` / ``eps`` then follow from the times), its model
+        told ``model_times`` (one per grid time; :mod:`~scoresde.sampling.model_times`) where given."""
         new = copy.copy(self)
-        new.grid, new.steps, new.eps = as_grid_option(grid), None, None
+        new.grid, new.steps, new.eps, new.model_times = as_grid_option(grid), None, None, None
         if isinstance(new.grid, torch.Tensor):
             new.eps = float(new.grid[-1])
+        if model_times is not None:
+            if not isinstance(new.grid, torch.Tensor):
+                raise ValueError("model_times need the grid as times (one model time per grid time)")
+            new.model_times = check_model_times(model_times, new.grid)
+        new._model_time = None
         return new
+
+    def model_time(self, sde: LinearSDE, grid: torch.Tensor) -> ModelTimes | None:
+        """The map to the model's times on ``grid`` (``None`` without ``model_times``), kept for the next call."""
+        if self.model_times is None:
+            return None
+        if self._model_time is None or self._model_time.sde is not sde:
+            self._model_time = ModelTimes(sde, grid, self.model_times)
+        return self._model_time
 
     def sample(self, sde, model, x, generator, callback):
         grid = self.time_grid(sde)
-        x = self.run(sde, model, x, grid, generator, callback)
-        return model.x0(x, float(grid[-1])) if self.denoise else x
+        with model.told(self.model_time(sde, grid)):
+            x = self.run(sde, model, x, grid, generator, callback)
+            return model.x0(x, float(grid[-1])) if self.denoise else x
 
     def run(
         self,

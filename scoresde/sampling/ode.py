@@ -80,6 +80,8 @@ class ODESampler(GridSampler):
         if self.method in FIXED:
             super().check(sde)
         else:
+            if self.model_times is not None:
+                raise ValueError(f"adaptive method {self.method!r} has no grid times to tell the model other times at")
             final_time_below_T(sde, self.eps)
 
     def sample(self, sde, model, x, generator, callback):
