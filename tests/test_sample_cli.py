@@ -195,6 +195,17 @@ def test_fit_grid_fits_once_and_caches_beside_the_model(toy_run, tmp_path):
     np.testing.assert_array_equal(first, second)
     with pytest.raises(ConfigError, match="fixed-step"):
         run_sample(tmp_path / "c", f"ckpt={toy_run}", "sampler=ode", "fit_grid=true")
+    assert fit["model_times"] is None
+    # fit_model_times=true: another fit (its own cache file), whose model times are recorded when they are kept
+    told = [*opts, "fit_model_times=true"]
+    third = np.load(run_sample(tmp_path / "d", *told)["npz"])["arr_0"]
+    rec = __import__("json").loads((tmp_path / "d" / "sample.json").read_text())["fitted_grid"]
+    assert not rec["cached"] and len(list(toy_run.glob("grid_unipc_4steps_*.pt"))) == 2
+    assert rec["model_times"] is None or (len(rec["model_times"]) == 5 and rec["model_times"][-1] == rec["times"][-1])
+    fourth = np.load(run_sample(tmp_path / "e", *told)["npz"])["arr_0"]
+    np.testing.assert_array_equal(third, fourth)
+    with pytest.raises(ConfigError, match="fit_model_times"):
+        run_sample(tmp_path / "f", f"ckpt={toy_run}", "fit_model_times=true")
 
 
 def test_auto_sampler_is_the_sdes_own(toy_run, tmp_path):

@@ -204,6 +204,20 @@ def ring_fit():
     return sde, mix, sampler, x_init, fit_grid(sde, mix.score_fn(sde), sampler, x_init)
 
 
+def unseen_error(sde, mix, n: int, seed: int = 99):
+    """``sampler -> RMS end-point error`` on ``n`` prior draws (seed 99, which no fit here uses) against SciPy DOP853
+    at rtol = atol = 1e-10 on the exact mixture score (2-D)."""
+    x = sde.prior_sampling((n, 2), torch.Generator().manual_seed(seed), dtype=F64)
+    ref = get_sampler("ode_scipy", method="DOP853", rtol=1e-10, atol=1e-10, denoise=False)(
+        sde, mix.score_fn(sde), x.shape, x_init=x
+    ).samples
+
+    def error(sampler) -> float:
+        return float((sampler(sde, mix.score_fn(sde), x.shape, x_init=x).samples - ref).pow(2).mean().sqrt())
+
+    return error
+
+
 def test_fitted_grid_is_a_valid_grid_and_improves_unseen_points(ring_fit):
     """The fit is ordered from T to the sampler's final time and beats the start grid (logsnr) on 256 start points
     neither the fit nor its check saw, by at least 1.5x (measured: 16x)."""
@@ -212,14 +226,7 @@ def test_fitted_grid_is_a_valid_grid_and_improves_unseen_points(ring_fit):
     assert fit.improved and grid.dtype == F64 and len(grid) == 7
     assert float(grid[0]) == sde.T and float(grid[-1]) == 1e-3 and (grid[1:] < grid[:-1]).all()
     assert fit.heldout_error[1] < fit.heldout_error[0] and fit.fit_nfe > 0
-    x = sde.prior_sampling((256, 2), torch.Generator().manual_seed(99), dtype=F64)
-    ref = get_sampler("ode_scipy", method="DOP853", rtol=1e-10, atol=1e-10, denoise=False)(
-        sde, mix.score_fn(sde), x.shape, x_init=x
-    ).samples
-
-    def error(s):
-        return float((s(sde, mix.score_fn(sde), x.shape, x_init=x).samples - ref).pow(2).mean().sqrt())
-
+    error = unseen_error(sde, mix, 256)
     fitted = get_sampler("unipc", order=2, denoise=False, grid=grid)
     assert error(fitted) * 1.5 < error(sampler)
 
@@ -275,20 +282,20 @@ def test_fit_or_load_grid_caches_and_validates(tmp_path):
     score_fn = ShiftedScore(mix, sde)
     sampler = get_sampler("dpm_solver", steps=4, order=2)
     args = (tmp_path, sde, score_fn, sampler, (2,))
-    grid, nfe, cached = fit_or_load_grid(*args, seed=1, n=32, dtype=F64)
-    assert not cached and nfe > 0 and len(grid) == 5
+    grid, nfe, cached, told = fit_or_load_grid(*args, seed=1, n=32, dtype=F64)
+    assert not cached and nfe > 0 and len(grid) == 5 and told is None
     files = list(tmp_path.glob("grid_dpm_solver_4steps_*.pt"))
     assert len(files) == 1
-    again, nfe2, cached2 = fit_or_load_grid(*args, seed=1, n=32, dtype=F64)
+    again, nfe2, cached2, _ = fit_or_load_grid(*args, seed=1, n=32, dtype=F64)
     assert cached2 and nfe2 == 0 and torch.equal(again, grid)
-    other, _, cached3 = fit_or_load_grid(*args, seed=2, n=32, dtype=F64)  # another seed: another fit, another file
+    other, _, cached3, _ = fit_or_load_grid(*args, seed=2, n=32, dtype=F64)  # another seed: another fit, another file
     assert not cached3 and len(list(tmp_path.glob("*.pt"))) == 2
     assert not fit_or_load_grid(tmp_path, sde, score_fn, get_sampler("dpm_solver", steps=4, order=3), (2,), seed=1,
                                 n=32, dtype=F64)[2]  # other options: another fit  # fmt: skip
     # a corrupted or foreign cache file is data: refused with a warning, refitted, rewritten
     torch.save({"key": "something else", "grid": grid, "fit_nfe": 3}, files[0])
     with pytest.warns(UserWarning, match="ignoring the cached grid"):
-        refit, nfe4, cached4 = fit_or_load_grid(*args, seed=1, n=32, dtype=F64)
+        refit, nfe4, cached4, _ = fit_or_load_grid(*args, seed=1, n=32, dtype=F64)
     assert not cached4 and torch.equal(refit, grid)
     files[0].write_bytes(b"garbage")
     with pytest.warns(UserWarning, match="ignoring the cached grid"):

@@ -46,6 +46,7 @@ class SampleConfig:
     fit_grid: bool = False  # fit the sampler's time grid to this model (cached in the model's directory)
     fit_points: int = 256  # prior draws the fit matches (seeded by `seed`)
     fit_max_evals: int | None = None  # cap on the fit's objective evaluations (null: the optimizer's default)
+    fit_model_times: bool = False  # with fit_grid: also fit the time the model is told at each grid time
     low_res: str | None = None  # super-resolution runs (task=superres): the low-resolution images, sample k <- image k
     low_res_aug: float = 0.0  # noise-conditioning augmentation level of low_res at sampling (Ho et al. 2022, 4.4)
     cuda_graph: bool = False  # replay the sampler's loop as one CUDA graph per batch shape (plain sampling, CUDA)
@@ -68,6 +69,7 @@ def check(cfg: SampleConfig) -> None:
     require(cfg.fit_points >= 2, "fit_points", cfg.fit_points, "must be >= 2 (half of them check the fit)")
     require(cfg.fit_max_evals is None or cfg.fit_max_evals >= 1, "fit_max_evals", cfg.fit_max_evals, "must be >= 1")
     require(not (cfg.fit_grid and inverse), "fit_grid", cfg.fit_grid, "grids are fitted for plain sampling")
+    require(cfg.fit_grid or not cfg.fit_model_times, "fit_model_times", cfg.fit_model_times, "needs fit_grid=true")
     require(0 <= cfg.low_res_aug < 1, "low_res_aug", cfg.low_res_aug, "must lie in [0, 1)")
     require(cfg.low_res is None or not (inverse or cfg.fit_grid), "low_res", cfg.low_res,
             "super-resolution is not combined with mask= / gray= / fit_grid=true")  # fmt: skip
@@ -217,14 +219,22 @@ def _fitted(cfg: SampleConfig, loaded, score_fn, sampler, dist):
         where = Path(loaded.source)
         cache = where if where.is_dir() else where.parent
         cache = cache.parent if cache.name == "checkpoints" else cache
-        grid, fit_nfe, cached = fit_or_load_grid(cache, loaded.sde, score_fn, sampler, loaded.data_shape,
-                                                 seed=cfg.seed, device=dist.device, n=cfg.fit_points,
-                                                 max_evals=cfg.fit_max_evals)  # fmt: skip
-        record = {"times": [float(t) for t in grid], "fit_nfe": fit_nfe, "cached": cached, "cache_dir": str(cache)}
-        how = "loaded from the cache in" if cached else f"fitted ({fit_nfe} score evaluations, cached in"
-        print(f"[scoresde] time grid of {len(grid) - 1} steps {how} {cache}{'' if cached else ')'}", flush=True)
+        fit = fit_or_load_grid(cache, loaded.sde, score_fn, sampler, loaded.data_shape, seed=cfg.seed,
+                               device=dist.device, n=cfg.fit_points, max_evals=cfg.fit_max_evals,
+                               fit_model_times=cfg.fit_model_times)  # fmt: skip
+        told = None if fit.model_times is None else [float(t) for t in fit.model_times]
+        record = {"times": [float(t) for t in fit.grid], "model_times": told, "fit_nfe": fit.fit_nfe,
+                  "cached": fit.cached, "cache_dir": str(cache)}  # fmt: skip
+        how = "loaded from the cache in" if fit.cached else f"fitted ({fit.fit_nfe} score evaluations, cached in"
+        what = "" if told is None else " and model times"
+        print(f"[scoresde] time grid{what} of {len(fit.grid) - 1} steps {how} {cache}{'' if fit.cached else ')'}",
+              flush=True)  # fmt: skip
+        if cfg.fit_model_times and told is None:
+            print("[scoresde] fitted model times did not beat the grid alone on held-out draws: not used", flush=True)
     record = broadcast_object(record, dist)
-    return sampler.with_grid(torch.tensor(record["times"], dtype=torch.float64)), record
+    told = record["model_times"]
+    grid = torch.tensor(record["times"], dtype=torch.float64)
+    return sampler.with_grid(grid, None if told is None else torch.tensor(told, dtype=torch.float64)), record
 
 
 def low_res_inputs(cfg: SampleConfig, loaded) -> torch.Tensor | None:
