@@ -9,7 +9,8 @@ best 99% of trajectories, per dimension, divided by the std of the reference end
 
 1. ``quality``: error vs NFE of the deterministic samplers; the fewest NFE reaching 1e-2 and 1e-3.
 2. ``lof``: ``lower_order_final`` off / on / automatic for UniPC and DPM-Solver on the logsnr and logistic grids.
-3. ``fit``: grids fitted (:func:`scoresde.sampling.fit_grid`) on 512 other prior draws, scored on the benchmark's.
+3. ``fit``: grids fitted (:func:`scoresde.sampling.fit_grid`) on 512 other prior draws, scored on the benchmark's;
+   then with the model times fitted too (``fit_model_times=True``).
 4. ``stochastic``: sliced Wasserstein distance to data vs NFE (null level: two data samples).
 5. ``overhead``: sampler time / (NFE x one bare call), interleaved, median of 15, with the exact score on 512 points
    (a cheap call; ``--overhead-points 1024`` for one about twice as costly) and a 0.5 M-parameter MLP on 4096
@@ -145,18 +146,30 @@ def lower_order_final_table(problem: Problem, steps_list) -> None:
 
 def fit_table(problem: Problem, steps_list) -> None:
     print(f"\n### Fitted grids, VP, {problem.kind}: UniPC (auto order), logistic grid vs fitted (512 fit draws)\n")
-    print("| steps = NFE | logistic grid | fitted grid | fit NFE | fit time (s) | fitted times |")
+    print("| steps = NFE | logistic grid | fitted grid | + model times | fit NFE (grid / + times) | fit time (s) |")
     print("|---|---|---|---|---|---|")
     x_fit = torch.randn(512, problem.dim, generator=torch.Generator().manual_seed(11), dtype=F64)
     for steps in steps_list:
         sampler = get_sampler("unipc", steps=steps, eps=EPS, denoise=False, grid="logistic")
         start = time.perf_counter()
         fit = fit_grid(problem.sde, problem.score, sampler, x_fit)
-        seconds = time.perf_counter() - start
+        middle = time.perf_counter()
+        both = fit_grid(problem.sde, problem.score, sampler, x_fit, fit_model_times=True)
+        seconds = (middle - start, time.perf_counter() - middle)
         _, err_default = problem.run(sampler)
         _, err_fit = problem.run(sampler.with_grid(fit.grid))
-        times = ", ".join(f"{t:.3g}" for t in fit.grid.tolist())
-        print(f"| {steps} | {err_default:.1e} | {err_fit:.1e} | {fit.fit_nfe} | {seconds:.0f} | {times} |")
+        told = "not kept"
+        if both.model_times is not None:
+            told = f"{problem.run(sampler.with_grid(both.grid, both.model_times))[1]:.1e}"
+        print(
+            f"| {steps} | {err_default:.1e} | {err_fit:.1e} | {told} | {fit.fit_nfe} / {both.fit_nfe} "
+            f"| {seconds[0]:.0f} / {seconds[1]:.0f} |"
+        )
+        model_times = both.model_times if both.model_times is not None else both.grid
+        print(
+            f"|   | times: {', '.join(f'{t:.3g}' for t in both.grid.tolist())} | model times: "
+            f"{', '.join(f'{t:.3g}' for t in model_times.tolist())} | | | |"
+        )
 
 
 def quality_stochastic(n: int, steps_list):
