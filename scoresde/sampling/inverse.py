@@ -50,9 +50,7 @@ def check_mask(mask: torch.Tensor, what: str = "mask") -> None:
     if not isinstance(mask, torch.Tensor):
         raise ValueError(f"{what}: the mask must be a tensor of 0 (unknown) and 1 (known), got {type(mask).__name__}")
     m = mask.double()
-    bad = int((~torch.isfinite(m)).sum())
-    if bad:
-        raise ValueError(f"{what}: the mask holds {bad} NaN / infinite values; it must be 0 (unknown) or 1 (known)")
+    check_finite(m, f"{what}: the mask", "; it must be 0 (unknown) or 1 (known)")
     if not bool(((m == 0) | (m == 1)).all()):
         raise ValueError(f"{what}: mask values must be 0 (unknown) or 1 (known); found {torch.unique(m)[:8].tolist()}")
 

@@ -59,9 +59,7 @@ class ModelTimes:
 
     def shift(self, lam: torch.Tensor) -> torch.Tensor:
         """``lambda(tau) - lambda(t)`` at ``lambda(t) = lam``: linear between the knots, constant outside."""
-        knots, shift = self._knots(lam)
-        if len(knots) == 1:
-            return shift.expand_as(lam)
+        knots, shift = self._knots(lam)  # a grid has at least two times
         hi = torch.searchsorted(knots, lam.contiguous()).clamp_(1, len(knots) - 1)
         lo = hi - 1
         w = ((lam - knots[lo]) / (knots[hi] - knots[lo])).clamp_(0, 1)
